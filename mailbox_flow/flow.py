@@ -1,0 +1,789 @@
+"""`MailboxFlow`: the service a partner embeds. Load → trigger → call Mailivery → persist → audit.
+
+A transition that calls Mailivery runs in three short steps, never holding a transaction open over HTTP:
+
+1. *claim*: one guarded UPDATE takes a short lease on the row and records the intent (trigger and the
+   request id about to be sent);
+2. *effect*: the shared state machine fires the trigger; the Mailivery call is the transition's own
+   ``before`` callback, so a failing call aborts the transition;
+3. *commit*: one transaction moves the state (only if the lease is still ours) and writes the audit row;
+   on failure the lease is released with the error and the attempt count instead.
+
+Webhooks are unsigned: a delivery is authenticated by the secret in its URL, stored raw, de-duplicated,
+matched to an expected mailbox (normalized email, correlation token, optional partner check) and the
+campaign is re-read from Mailivery before any warmup call. A payload alone never starts a mailbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from .errors import (
+    ConcurrentUpdate,
+    ConfigurationError,
+    DuplicateMailbox,
+    InvalidInput,
+    InvalidTransition,
+    MailboxNotFound,
+    MailiveryError,
+    MailiveryNotFound,
+    MailiveryUnavailable,
+    WebhookAuthError,
+    WebhookPayloadError,
+)
+from .mailivery import (
+    CORRELATION_META_KEY,
+    Campaign,
+    MailiveryClient,
+    WebhookEvent,
+    normalize_email,
+    parse_webhook,
+    validate_connect,
+)
+from .models import utcnow
+from .settings import Settings
+from .states import Effect, State, Subject, fire, rule_for
+from .store import Store, make_engine
+from .types import AuditEntry, Delivery, Mailbox, Outcome, Source, WebhookResult
+
+if TYPE_CHECKING:
+    from .reconcile import ReconcileReport
+
+__all__ = ["ExpectCheck", "MailboxFlow"]
+
+log = structlog.get_logger("mailbox_flow")
+
+#: A partner's own check that a matched mailbox was really expected: ``(mailbox, event) -> bool``.
+ExpectCheck = Callable[[Mailbox, WebhookEvent], bool]
+
+_ONCE_PER_CAMPAIGN = frozenset({"campaign.pending", "campaign.created", "campaign.deleted"})
+_CONNECTED = frozenset({"campaign.pending", "campaign.created"})
+_REPEAT_WINDOW_SECONDS = 600
+_MAX_BACKOFF = timedelta(hours=1)
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
+class MailboxFlow:
+    """Connect mailboxes to Mailivery warmup, correctly by construction.
+
+    ``MailboxFlow(database_url=..., client=MailiveryClient(...), webhook_secret=...)``; anything not given
+    is read from `Settings` (``MAILBOX_FLOW_*`` variables). ``expect`` is an optional partner check run on
+    every webhook match; ``orphan_policy`` says what to do at Mailivery with campaigns nobody asked for
+    (``"keep"`` them pending, which costs nothing, or ``"delete"`` them).
+    """
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        client: MailiveryClient | None = None,
+        webhook_secret: str | None = None,
+        *,
+        settings: Settings | None = None,
+        expect: ExpectCheck | None = None,
+        orphan_policy: str | None = None,
+        lease: timedelta | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.database_url = database_url or self.settings.database_url
+        self.store = Store(make_engine(self.database_url))
+        if client is None and self.settings.mailivery_api_key is not None:
+            client = MailiveryClient(
+                self.settings.mailivery_api_key.get_secret_value(),
+                self.settings.mailivery_base_url,
+                timeout=self.settings.timeout,
+                rate_per_second=self.settings.rate_per_second,
+                request_id_header=self.settings.request_id_header,
+                max_attempts=self.settings.max_attempts,
+            )
+        self._client = client
+        if webhook_secret is None and self.settings.webhook_secret is not None:
+            webhook_secret = self.settings.webhook_secret.get_secret_value()
+        self._webhook_secret = webhook_secret
+        self.expect = expect
+        policy = orphan_policy or self.settings.orphan_policy
+        if policy not in ("keep", "delete"):
+            raise ConfigurationError(f"orphan_policy must be 'keep' or 'delete', not {policy!r}")
+        self.orphan_policy = policy
+        self.lease = lease or timedelta(seconds=self.settings.lease_seconds)
+        self.worker_id = worker_id or f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def __repr__(self) -> str:
+        return f"MailboxFlow(dialect={self.store.dialect!r}, worker_id={self.worker_id!r})"
+
+    @property
+    def client(self) -> MailiveryClient:
+        """The Mailivery client; `ConfigurationError` when none was given or configured."""
+        if self._client is None:
+            raise ConfigurationError(
+                "no Mailivery client: pass client=MailiveryClient(...) or set MAILBOX_FLOW_MAILIVERY_API_KEY"
+            )
+        return self._client
+
+    def close(self) -> None:
+        """Release the database pool and the HTTP client."""
+        self.store.dispose()
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> MailboxFlow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema and queries ----------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the three tables if they do not exist (use migrations for real deployments)."""
+        self.store.create_schema()
+
+    def get(self, mailbox_id: uuid.UUID | str) -> Mailbox:
+        """The mailbox with this id, or `MailboxNotFound`."""
+        key = _parse_id(mailbox_id)
+        mailbox = self.store.get(key)
+        if mailbox is None:
+            raise MailboxNotFound(key)
+        return mailbox
+
+    def find_by_email(self, email: str) -> Mailbox | None:
+        """The live mailbox for this address (any case), else its most recent one, else None."""
+        normalized = normalize_email(email)
+        return self.store.find_active_by_email(normalized) or self.store.find_latest_by_email(
+            normalized
+        )
+
+    def list(self, state: State | str | None = None, owner_id: str | None = None) -> list[Mailbox]:
+        """Mailboxes, optionally of one state and/or one owner, oldest first."""
+        states = None
+        if state is not None:
+            try:
+                states = [State(state)]
+            except ValueError:
+                raise InvalidInput("state", f"unknown state {state!r}") from None
+        return self.store.list(states=states, owner_id=owner_id)
+
+    def history(self, mailbox_id: uuid.UUID | str) -> list[AuditEntry]:
+        """The mailbox's audit trail, oldest first."""
+        return self.store.history(self.get(mailbox_id).id)
+
+    def deliveries(self, status: str | None = None) -> list[Delivery]:
+        """Stored webhook deliveries (the inbox), optionally of one status."""
+        return self.store.list_deliveries(statuses=[status] if status else None)
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def request_connection(
+        self,
+        owner_id: str,
+        email: str,
+        first_name: str,
+        last_name: str | None = None,
+        emails_per_day: int = 40,
+        response_rate: int = 30,
+        *,
+        timezone: str | None = None,
+        tags: list[str] | None = None,
+        source: Source = Source.API,
+    ) -> Mailbox:
+        """Record a mailbox, ask Mailivery for its OAuth URL and return it in ``oauth_sent``.
+
+        Raises `InvalidInput` (nothing sent or stored), `DuplicateMailbox` when the address already has
+        a live mailbox, or a `MailiveryError` when the connect call fails: the mailbox then stays in
+        ``requested`` with the error recorded, and calling again with the same owner retries it.
+        """
+        if not isinstance(owner_id, str) or not owner_id.strip() or len(owner_id) > 255:
+            raise InvalidInput("owner_id", "must be a non-empty string of at most 255 characters")
+        fields = validate_connect(
+            first_name=first_name,
+            last_name=last_name,
+            email=email,
+            email_per_day=emails_per_day,
+            response_rate=response_rate,
+            timezone=timezone,
+            tags=tags,
+        )
+        normalized = fields["email"]
+        try:
+            mailbox = self.store.insert_mailbox(
+                {
+                    "owner_id": owner_id,
+                    "email": normalized,
+                    "first_name": first_name.strip(),
+                    "last_name": last_name.strip() if last_name else None,
+                    "emails_per_day": emails_per_day,
+                    "response_rate": response_rate,
+                    "state": State.REQUESTED.value,
+                    "correlation_token": secrets.token_urlsafe(24),
+                }
+            )
+        except DuplicateMailbox as exc:
+            existing = self.store.find_active_by_email(normalized)
+            if existing is None or existing.state is not State.REQUESTED or existing.owner_id != owner_id:
+                raise
+            mailbox = existing  # an earlier connect failed: retry it
+        token = mailbox.correlation_token or ""
+
+        def connect(request_id: str) -> Any:
+            return self.client.connect_microsoft(
+                first_name=mailbox.first_name or first_name,
+                last_name=mailbox.last_name,
+                email=mailbox.email,
+                email_per_day=mailbox.emails_per_day if mailbox.emails_per_day is not None else 40,
+                response_rate=mailbox.response_rate if mailbox.response_rate is not None else 30,
+                meta={CORRELATION_META_KEY: token},
+                timezone=timezone,
+                tags=tags,
+                request_id=request_id,
+            )
+
+        return self._apply(
+            mailbox,
+            "send_oauth",
+            source=source,
+            call=connect,
+            values_from_result=lambda result: {"oauth_url": result.url},
+        )
+
+    def start_warmup(self, mailbox_id: uuid.UUID | str, *, source: Source = Source.API) -> Mailbox:
+        """Start warmup of a ``pending`` mailbox (calls start-warmup) → ``warming``."""
+        return self._apply(self.get(mailbox_id), "start", source=source)
+
+    def resume_warmup(self, mailbox_id: uuid.UUID | str, *, source: Source = Source.API) -> Mailbox:
+        """Resume a ``paused`` mailbox, or a ``pending`` one that warmed before → ``warming``."""
+        return self._apply(self.get(mailbox_id), "resume", source=source)
+
+    def pause_warmup(self, mailbox_id: uuid.UUID | str, *, source: Source = Source.API) -> Mailbox:
+        """Pause a ``warming`` mailbox (calls pause-warmup) → ``paused``."""
+        return self._apply(self.get(mailbox_id), "pause", source=source)
+
+    def reject(
+        self, mailbox_id: uuid.UUID | str, delete_remote: bool = False, *, source: Source = Source.API
+    ) -> Mailbox:
+        """Refuse a ``pending`` mailbox → ``rejected``; with ``delete_remote`` also delete the campaign."""
+        mailbox = self._apply(self.get(mailbox_id), "reject", source=source)
+        if delete_remote:
+            mailbox = self._apply(mailbox, "delete", source=source)
+        return mailbox
+
+    def delete(self, mailbox_id: uuid.UUID | str, *, source: Source = Source.API) -> Mailbox:
+        """Delete the campaign at Mailivery (already gone counts as done) → ``deleted``."""
+        return self._apply(self.get(mailbox_id), "delete", source=source)
+
+    def expire(self, mailbox_id: uuid.UUID | str, *, source: Source = Source.API) -> Mailbox:
+        """Give up on an OAuth that was never completed → ``expired`` (no call)."""
+        return self._apply(self.get(mailbox_id), "expire", source=source)
+
+    def reconcile(
+        self,
+        stuck_after: timedelta | None = None,
+        expire_after: timedelta | None = None,
+        remote: bool = False,
+        fix: bool = False,
+    ) -> ReconcileReport:
+        """Find mailboxes that are not where they should be; with ``fix`` heal what is safe to heal."""
+        from .reconcile import reconcile
+
+        return reconcile(
+            self,
+            stuck_after=stuck_after if stuck_after is not None else self.settings.stuck_after,
+            expire_after=expire_after if expire_after is not None else self.settings.expire_after,
+            remote=remote,
+            fix=fix,
+        )
+
+    # -- the transition engine -------------------------------------------------------------------
+
+    def _apply(
+        self,
+        mailbox: Mailbox,
+        trigger: str,
+        *,
+        source: Source,
+        call: Callable[[str], Any] | None = None,
+        skip_effect: bool = False,
+        warmed_before: bool | None = None,
+        values: dict[str, Any] | None = None,
+        values_from_result: Callable[[Any], dict[str, Any]] | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Mailbox:
+        """Run ``trigger`` on ``mailbox``: validate, claim, call Mailivery, commit and audit."""
+        rule = rule_for(trigger, mailbox.state)
+        if rule is None:
+            raise InvalidTransition(trigger, mailbox.state.value, mailbox.id)
+        warmed = mailbox.warmed_at is not None if warmed_before is None else warmed_before
+        if rule.condition == "warmed_before" and not warmed:
+            raise InvalidTransition(trigger, mailbox.state.value, mailbox.id)
+        detail = dict(detail or {})
+
+        if rule.effect is None or (skip_effect and rule.effect_optional):
+            if rule.effect is not None:
+                detail["reported_by_mailivery"] = True
+            to_state = fire(trigger, Subject(mailbox.state, skip_effect=True, warmed_before=warmed),
+                            mailbox.id)
+            moved = self.store.transition(
+                mailbox, to_state=to_state, trigger=trigger, source=source, request_id=None,
+                detail=detail, values=values,
+            )
+            if moved is None:
+                raise ConcurrentUpdate(mailbox.id, trigger)
+            self._log_transition(mailbox, moved, trigger, source, None)
+            return moved
+
+        effect_call = call or self._effect_call(mailbox, rule.effect)
+        request_id = str(uuid.uuid4())
+        claimed = self.store.claim(
+            mailbox,
+            owner=self.worker_id,
+            until=utcnow() + self.lease,
+            trigger=trigger,
+            request_id=request_id,
+        )
+        if claimed is None:
+            raise ConcurrentUpdate(mailbox.id, trigger)
+        subject = Subject(
+            claimed.state,
+            run_effect=lambda _effect: effect_call(request_id),
+            warmed_before=warmed,
+        )
+        try:
+            to_state = fire(trigger, subject, claimed.id)
+        except MailiveryError as exc:
+            self._record_failure(claimed, trigger, exc, request_id, source)
+            raise
+        except BaseException as exc:
+            self._record_failure(claimed, trigger, exc, request_id, source, keep_intent=True)
+            raise
+        new_values = dict(values or {})
+        if values_from_result is not None:
+            new_values.update(values_from_result(subject.effect_result))
+        if isinstance(subject.effect_result, dict) and subject.effect_result.get("already_gone"):
+            detail["remote_missing"] = True
+        moved = self.store.transition(
+            claimed, to_state=to_state, trigger=trigger, source=source, request_id=request_id,
+            detail=detail, lease_owner=self.worker_id, values=new_values,
+        )
+        if moved is None:  # our lease ran out and someone else took the row meanwhile
+            raise ConcurrentUpdate(mailbox.id, trigger)
+        self._log_transition(mailbox, moved, trigger, source, request_id)
+        return moved
+
+    def _effect_call(self, mailbox: Mailbox, effect: Effect) -> Callable[[str], Any]:
+        campaign_id = mailbox.campaign_id
+        if campaign_id is None:
+            raise InvalidTransition(effect.value, mailbox.state.value, mailbox.id)
+        client = self.client
+        if effect is Effect.START:
+            return lambda rid: client.start_warmup(campaign_id, request_id=rid)
+        if effect is Effect.RESUME:
+            return lambda rid: client.resume_warmup(campaign_id, request_id=rid)
+        if effect is Effect.PAUSE:
+            return lambda rid: client.pause_warmup(campaign_id, request_id=rid)
+        if effect is Effect.DELETE:
+
+            def delete(rid: str) -> Any:
+                try:
+                    return client.delete_campaign(campaign_id, request_id=rid)
+                except MailiveryNotFound:
+                    return {"already_gone": True}
+
+            return delete
+        raise InvalidTransition(effect.value, mailbox.state.value, mailbox.id)
+
+    def _record_failure(
+        self,
+        claimed: Mailbox,
+        trigger: str,
+        exc: BaseException,
+        request_id: str,
+        source: Source,
+        *,
+        keep_intent: bool = False,
+    ) -> None:
+        """Release the claim after a failed call: state unchanged, error and attempt recorded."""
+        # When Mailivery could not be asked we cannot know whether the call took effect: keep the
+        # intent so that the reconciler re-reads the campaign before trying again.
+        keep = keep_intent or isinstance(exc, MailiveryUnavailable)
+        backoff = min(timedelta(minutes=2 ** min(claimed.attempts, 10)), _MAX_BACKOFF)
+        self.store.release(
+            claimed,
+            lease_owner=self.worker_id,
+            error=_error_text(exc),
+            next_attempt_at=utcnow() + backoff,
+            keep_intent=keep,
+        )
+        log.warning(
+            "mailbox_flow.effect_failed",
+            mailbox_id=str(claimed.id),
+            trigger=trigger,
+            state=claimed.state.value,
+            source=source.value,
+            request_id=request_id,
+            error=type(exc).__name__,
+            code=getattr(exc, "code", None),
+            status=getattr(exc, "status_code", None),
+            attempts=claimed.attempts + 1,
+        )
+
+    def _log_transition(
+        self, before: Mailbox, after: Mailbox, trigger: str, source: Source, request_id: str | None
+    ) -> None:
+        log.info(
+            "mailbox_flow.transition",
+            mailbox_id=str(after.id),
+            trigger=trigger,
+            from_state=before.state.value,
+            to_state=after.state.value,
+            source=source.value,
+            request_id=request_id,
+            campaign_id=after.campaign_id,
+            email=after.email,
+            version=after.version,
+        )
+
+    # -- webhooks --------------------------------------------------------------------------------
+
+    def verify_secret(self, secret: str | None) -> None:
+        """Raise `WebhookAuthError` unless ``secret`` equals the configured one (constant time)."""
+        expected = self._webhook_secret
+        if not expected:
+            raise WebhookAuthError("no webhook secret is configured: every delivery is refused")
+        if not isinstance(secret, str) or not hmac.compare_digest(
+            secret.encode("utf-8", "surrogatepass"), expected.encode("utf-8")
+        ):
+            raise WebhookAuthError("bad or missing webhook secret")
+
+    def handle_webhook(
+        self,
+        body: bytes | str,
+        secret: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> WebhookResult:
+        """Authenticate, store, de-duplicate, match and act on one webhook delivery.
+
+        Raises `WebhookAuthError` (nothing stored) or `WebhookPayloadError` (stored as ``invalid``);
+        otherwise returns a `WebhookResult` whose ``outcome`` says what happened.
+        """
+        self.verify_secret(secret)
+        raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
+        try:
+            event = parse_webhook(raw)
+        except WebhookPayloadError as exc:
+            stored = self.store.insert_delivery(
+                {"body": raw, "status": "invalid", "error": exc.message[:2000], "dedupe_key": None}
+            )
+            delivery_id = stored.id if stored else None
+            log.warning("mailbox_flow.webhook", outcome="invalid", delivery_id=delivery_id,
+                        error=exc.message[:200])
+            raise WebhookPayloadError(exc.message, delivery_id=delivery_id) from None
+
+        key = _dedupe_key(event, utcnow())
+        fields = {
+            "body": raw,
+            "event_type": event.type[:64],
+            "campaign_id": event.campaign_id,
+            "email": event.email,
+        }
+        delivery = self.store.insert_delivery({**fields, "dedupe_key": key, "status": "received"})
+        if delivery is None:
+            original = self.store.get_delivery_by_key(key)
+            duplicate = self.store.insert_delivery(
+                {**fields, "status": "duplicate", "duplicate_of": original.id if original else None}
+            )
+            if original is not None and self._needs_processing(original):
+                # stored before but never finished (deferred, or its worker died): do it now
+                return self._process(original, event)
+            mailbox = self.store.get_by_campaign(event.campaign_id)
+            self._log_webhook(event, Outcome.DUPLICATE, duplicate.id if duplicate else None, mailbox)
+            return WebhookResult(Outcome.DUPLICATE, mailbox, duplicate.id if duplicate else None)
+        return self._process(delivery, event)
+
+    def reprocess_delivery(self, delivery_id: int) -> WebhookResult:
+        """Process a stored delivery again (one that failed or whose worker died)."""
+        delivery = self.store.get_delivery(delivery_id)
+        if delivery is None:
+            raise InvalidInput("delivery_id", f"no stored delivery {delivery_id}")
+        event = parse_webhook(delivery.body)
+        return self._process(delivery, event)
+
+    def _needs_processing(self, delivery: Delivery) -> bool:
+        if delivery.status == "failed":
+            return True
+        return delivery.status == "received" and delivery.received_at < utcnow() - self.lease
+
+    def _process(self, delivery: Delivery, event: WebhookEvent) -> WebhookResult:
+        self.store.touch_delivery(delivery.id)
+        try:
+            outcome, mailbox, detail = self._dispatch(event)
+        except MailiveryUnavailable as exc:
+            self.store.finish_delivery(
+                delivery.id, status="failed", outcome=Outcome.DEFERRED.value, error=_error_text(exc)
+            )
+            mailbox = self.store.get_by_campaign(event.campaign_id)
+            self._log_webhook(event, Outcome.DEFERRED, delivery.id, mailbox)
+            return WebhookResult(Outcome.DEFERRED, mailbox, delivery.id, _error_text(exc))
+        except ConcurrentUpdate:
+            outcome, detail = Outcome.DUPLICATE, "another worker is handling this mailbox"
+            mailbox = self.store.get_by_campaign(event.campaign_id)
+        except Exception as exc:
+            self.store.finish_delivery(
+                delivery.id, status="failed", outcome=None, error=_error_text(exc)
+            )
+            raise
+        status = {
+            Outcome.REJECTED: "rejected",
+            Outcome.IGNORED: "ignored",
+            Outcome.DUPLICATE: "duplicate",
+        }.get(outcome, "processed")
+        self.store.finish_delivery(
+            delivery.id,
+            status=status,
+            outcome=outcome.value,
+            error=detail if status != "processed" else None,
+            mailbox_id=mailbox.id if mailbox else None,
+        )
+        self._log_webhook(event, outcome, delivery.id, mailbox)
+        return WebhookResult(outcome, mailbox, delivery.id, detail)
+
+    def _log_webhook(
+        self, event: WebhookEvent, outcome: Outcome, delivery_id: int | None, mailbox: Mailbox | None
+    ) -> None:
+        log.info(
+            "mailbox_flow.webhook",
+            event_type=event.type[:64],
+            campaign_id=event.campaign_id,
+            outcome=outcome.value,
+            delivery_id=delivery_id,
+            mailbox_id=str(mailbox.id) if mailbox else None,
+        )
+
+    def _dispatch(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
+        if event.type in _CONNECTED:
+            return self._on_connected(event)
+        if event.type == "campaign.deleted":
+            return self._on_deleted(event)
+        if event.type == "campaign.updated":
+            return self._on_updated(event)
+        return self._on_other(event)
+
+    def _read_campaign(self, campaign_id: int) -> Campaign | None:
+        """Mailivery's own view of the campaign; None when it does not exist (404)."""
+        try:
+            return self.client.get_campaign(campaign_id)
+        except MailiveryNotFound:
+            return None
+
+    def _on_connected(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
+        linked = self.store.get_by_campaign(event.campaign_id)
+        if linked is not None:
+            if linked.state is State.PENDING:
+                return self._verify_and_warm(linked, Source.WEBHOOK)
+            return Outcome.IGNORED, linked, f"campaign already handled (mailbox {linked.state.value})"
+        if event.email is None:
+            return Outcome.REJECTED, None, "the delivery carries no usable email"
+        candidate = self.store.find_active_by_email(event.email)
+        if candidate is None or candidate.state not in (State.REQUESTED, State.OAUTH_SENT):
+            reason = "unexpected" if candidate is None else f"address already {candidate.state.value}"
+            return self._record_orphan(event, reason)
+        token = event.meta.get(CORRELATION_META_KEY)
+        if token is not None and not hmac.compare_digest(
+            token.encode("utf-8", "surrogatepass"), (candidate.correlation_token or "").encode()
+        ):
+            return self._record_orphan(event, "correlation token mismatch")
+        if self.expect is not None and not self.expect(candidate, event):
+            return self._record_orphan(event, "refused by the partner check")
+        campaign = self._read_campaign(event.campaign_id)
+        if campaign is None:
+            return Outcome.REJECTED, None, "campaign not found at Mailivery"
+        if campaign.email != candidate.email:
+            return Outcome.REJECTED, None, "campaign email at Mailivery does not match the delivery"
+        mailbox = self._apply(
+            candidate,
+            "mark_pending",
+            source=Source.WEBHOOK,
+            values={"campaign_id": event.campaign_id},
+            detail={"campaign_id": event.campaign_id, "event": event.type[:64]},
+        )
+        return self._warm(mailbox, campaign, Source.WEBHOOK)
+
+    def _verify_and_warm(
+        self, mailbox: Mailbox, source: Source
+    ) -> tuple[Outcome, Mailbox | None, str | None]:
+        """Re-read the campaign of a ``pending`` mailbox, then start or resume it."""
+        assert mailbox.campaign_id is not None
+        campaign = self._read_campaign(mailbox.campaign_id)
+        if campaign is None:
+            self.store.flag(mailbox.id, "remote_missing")
+            return Outcome.PENDING, self.store.get(mailbox.id), "campaign not found at Mailivery"
+        if campaign.email != mailbox.email:
+            self.store.flag(mailbox.id, "remote_email_mismatch")
+            return Outcome.PENDING, self.store.get(mailbox.id), "campaign email does not match"
+        return self._warm(mailbox, campaign, source)
+
+    def _warm(
+        self, mailbox: Mailbox, campaign: Campaign, source: Source
+    ) -> tuple[Outcome, Mailbox | None, str | None]:
+        """Start (new) or resume (warmed before / paused at Mailivery) a verified ``pending`` mailbox."""
+        lifecycle = campaign.lifecycle
+        if lifecycle not in ("pending", "paused", "active"):
+            self.store.flag(mailbox.id, "remote_status")
+            return (Outcome.PENDING, self.store.get(mailbox.id),
+                    f"campaign status at Mailivery is {campaign.status!r}")
+        resume = mailbox.warmed_at is not None or lifecycle == "paused"
+        trigger = "resume" if resume else "start"
+        try:
+            warmed = self._apply(mailbox, trigger, source=source, warmed_before=resume)
+        except ConcurrentUpdate:
+            raise
+        except MailiveryError as exc:
+            return Outcome.PENDING, self.store.get(mailbox.id), _error_text(exc)
+        return (Outcome.RESUMED if resume else Outcome.STARTED), warmed, None
+
+    def _record_orphan(
+        self, event: WebhookEvent, reason: str
+    ) -> tuple[Outcome, Mailbox | None, str | None]:
+        """Record a campaign nobody asked for as a ``rejected`` mailbox (and delete it, by policy)."""
+        existing = self.store.get_by_campaign(event.campaign_id)
+        if existing is not None:
+            return Outcome.IGNORED, existing, "orphan campaign already recorded"
+        try:
+            orphan = self.store.insert_mailbox(
+                {
+                    "owner_id": None,
+                    "email": event.email or f"unknown+{event.campaign_id}@invalid",
+                    "first_name": (event.first_name or "")[:255] or None,
+                    "last_name": (event.last_name or "")[:255] or None,
+                    "state": State.REJECTED.value,
+                    "campaign_id": event.campaign_id,
+                },
+                audit={
+                    "trigger": "reject",
+                    "from_state": State.PENDING.value,
+                    "to_state": State.REJECTED.value,
+                    "source": Source.WEBHOOK.value,
+                    "request_id": None,
+                    "detail": {"reason": reason, "campaign_id": event.campaign_id},
+                },
+            )
+        except DuplicateMailbox:
+            existing = self.store.get_by_campaign(event.campaign_id)
+            return Outcome.IGNORED, existing, "orphan campaign already recorded"
+        log.info(
+            "mailbox_flow.transition",
+            mailbox_id=str(orphan.id),
+            trigger="reject",
+            from_state=State.PENDING.value,
+            to_state=State.REJECTED.value,
+            source=Source.WEBHOOK.value,
+            request_id=None,
+            campaign_id=event.campaign_id,
+            email=orphan.email,
+            reason=reason,
+        )
+        if self.orphan_policy == "delete":
+            campaign = self._read_campaign(event.campaign_id)
+            if campaign is not None and campaign.email == orphan.email:
+                try:
+                    orphan = self._apply(orphan, "delete", source=Source.WEBHOOK,
+                                         detail={"reason": "orphan_policy=delete"})
+                except MailiveryError as exc:
+                    return Outcome.REJECTED, self.store.get(orphan.id), f"{reason}; {_error_text(exc)}"
+        return Outcome.REJECTED, orphan, reason
+
+    def _on_deleted(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
+        mailbox = self.store.get_by_campaign(event.campaign_id)
+        if mailbox is None:
+            return Outcome.IGNORED, None, "unknown campaign"
+        if rule_for("delete", mailbox.state) is None:
+            return Outcome.IGNORED, mailbox, f"mailbox already {mailbox.state.value}"
+        campaign = self._read_campaign(event.campaign_id)
+        if campaign is not None and campaign.lifecycle != "deleted":
+            return Outcome.REJECTED, mailbox, "campaign still exists at Mailivery"
+        deleted = self._apply(mailbox, "delete", source=Source.WEBHOOK, skip_effect=True,
+                              detail={"event": event.type})
+        return Outcome.DELETED, deleted, None
+
+    def _on_updated(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
+        mailbox = self.store.get_by_campaign(event.campaign_id)
+        if mailbox is None:
+            return Outcome.IGNORED, None, "unknown campaign"
+        if mailbox.state is State.PENDING:
+            return self._verify_and_warm(mailbox, Source.WEBHOOK)
+        if mailbox.state is State.PAUSED:
+            return self._follow_remote(mailbox, event)
+        return Outcome.IGNORED, mailbox, f"nothing to do for a {mailbox.state.value} mailbox"
+
+    def _on_other(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
+        """Any other event (e.g. the undocumented connection problem): Mailivery's status decides."""
+        mailbox = self.store.get_by_campaign(event.campaign_id)
+        if mailbox is None:
+            return Outcome.IGNORED, None, "unknown campaign"
+        return self._follow_remote(mailbox, event)
+
+    def _follow_remote(
+        self, mailbox: Mailbox, event: WebhookEvent
+    ) -> tuple[Outcome, Mailbox | None, str | None]:
+        """Bring a linked mailbox in line with the campaign's status at Mailivery."""
+        assert mailbox.campaign_id is not None
+        campaign = self._read_campaign(mailbox.campaign_id)
+        detail = {"event": event.type[:64]}
+        if campaign is None or campaign.lifecycle == "deleted":
+            if rule_for("delete", mailbox.state) is None:
+                return Outcome.IGNORED, mailbox, "campaign gone at Mailivery"
+            gone = self._apply(mailbox, "delete", source=Source.WEBHOOK, skip_effect=True,
+                               detail=detail)
+            return Outcome.DELETED, gone, None
+        if campaign.email != mailbox.email:
+            return Outcome.REJECTED, mailbox, "campaign email does not match"
+        if campaign.lifecycle == "paused" and mailbox.state is State.WARMING:
+            paused = self._apply(mailbox, "pause", source=Source.WEBHOOK, skip_effect=True,
+                                 detail=detail)
+            return Outcome.PAUSED, paused, None
+        if mailbox.state is State.PAUSED and campaign.lifecycle in ("active", "paused", "pending"):
+            reported = campaign.lifecycle == "active"
+            try:
+                resumed = self._apply(mailbox, "resume", source=Source.WEBHOOK, skip_effect=reported,
+                                      detail=detail)
+            except MailiveryError as exc:
+                if isinstance(exc, MailiveryUnavailable):
+                    raise
+                return Outcome.PAUSED, self.store.get(mailbox.id), _error_text(exc)
+            return Outcome.RESUMED, resumed, None
+        return Outcome.IGNORED, mailbox, f"campaign is {campaign.status!r}, mailbox {mailbox.state.value}"
+
+
+def _parse_id(mailbox_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(mailbox_id, uuid.UUID):
+        return mailbox_id
+    try:
+        return uuid.UUID(str(mailbox_id))
+    except ValueError:
+        raise InvalidInput("mailbox_id", "not a mailbox id (a UUID)") from None
+
+
+def _dedupe_key(event: WebhookEvent, now: datetime) -> str:
+    """Same event type, same campaign, same content → same key (Mailivery sends no event id).
+
+    Events that happen once per campaign are keyed by content alone; repeatable ones (updates,
+    connection problems) also by a 10-minute window, so a later genuine repeat is processed again.
+    """
+    canonical = json.dumps(event.raw, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:40]
+    key = f"{event.type[:40]}:{event.campaign_id}:{digest}"
+    if event.type not in _ONCE_PER_CAMPAIGN:
+        key += f":{int(now.timestamp()) // _REPEAT_WINDOW_SECONDS}"
+    return key

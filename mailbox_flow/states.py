@@ -1,0 +1,204 @@
+"""The mailbox lifecycle: the `State` enum, the transition table and the one shared machine.
+
+This module is pure (no database, no HTTP). The transition table is the single place that says which
+trigger is allowed from which state and which Mailivery call belongs to it; the flow runs that call as the
+transition's own ``before`` callback, so a call that raises aborts the transition and leaves the state as
+it was.
+
+One `transitions.Machine` is built at import time and shared by every mailbox: a mailbox is never bound to
+a machine of its own (that costs ~1 ms and tens of KB per object). A transition is run on a small plain
+object with ``MACHINE.events[trigger].trigger(subject)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from transitions import Machine, MachineError
+
+from .errors import InvalidTransition
+
+__all__ = [
+    "ACTIVE_STATES",
+    "MACHINE",
+    "TERMINAL_STATES",
+    "TRANSITIONS",
+    "Effect",
+    "State",
+    "Subject",
+    "TransitionRule",
+    "allowed_triggers",
+    "fire",
+    "rule_for",
+]
+
+
+class State(enum.StrEnum):
+    """Where a mailbox is in its life. Values are the lowercase names."""
+
+    REQUESTED = "requested"
+    OAUTH_SENT = "oauth_sent"
+    PENDING = "pending"
+    WARMING = "warming"
+    PAUSED = "paused"
+    REJECTED = "rejected"
+    DELETED = "deleted"
+    EXPIRED = "expired"
+
+
+#: States after which a new mailbox for the same email may be requested.
+TERMINAL_STATES: frozenset[State] = frozenset({State.REJECTED, State.DELETED, State.EXPIRED})
+#: States that hold the email: at most one mailbox per email may be in one of these.
+ACTIVE_STATES: frozenset[State] = frozenset(set(State) - TERMINAL_STATES)
+
+
+class Effect(enum.StrEnum):
+    """The Mailivery call a transition makes (its side effect)."""
+
+    CONNECT = "connect_microsoft"
+    START = "start_warmup"
+    RESUME = "resume_warmup"
+    PAUSE = "pause_warmup"
+    DELETE = "delete_campaign"
+
+
+@dataclass(frozen=True)
+class TransitionRule:
+    """One row of the transition table."""
+
+    trigger: str
+    sources: tuple[State, ...]
+    dest: State
+    effect: Effect | None = None
+    #: True when the effect may be skipped because Mailivery itself reported the change.
+    effect_optional: bool = False
+    #: Name of a condition on the subject that must hold (e.g. resume from pending needs a past warmup).
+    condition: str | None = None
+
+
+TRANSITIONS: tuple[TransitionRule, ...] = (
+    TransitionRule("send_oauth", (State.REQUESTED,), State.OAUTH_SENT, Effect.CONNECT),
+    TransitionRule("mark_pending", (State.REQUESTED, State.OAUTH_SENT), State.PENDING),
+    TransitionRule("start", (State.PENDING,), State.WARMING, Effect.START),
+    TransitionRule("resume", (State.PAUSED,), State.WARMING, Effect.RESUME, effect_optional=True),
+    TransitionRule(
+        "resume", (State.PENDING,), State.WARMING, Effect.RESUME,
+        effect_optional=True, condition="warmed_before",
+    ),
+    TransitionRule("pause", (State.WARMING,), State.PAUSED, Effect.PAUSE, effect_optional=True),
+    TransitionRule("reject", (State.PENDING,), State.REJECTED),
+    TransitionRule(
+        "delete",
+        (State.PENDING, State.REJECTED, State.WARMING, State.PAUSED),
+        State.DELETED,
+        Effect.DELETE,
+        effect_optional=True,
+    ),
+    TransitionRule("expire", (State.REQUESTED, State.OAUTH_SENT), State.EXPIRED),
+)
+
+TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(rule.trigger for rule in TRANSITIONS))
+
+
+class Subject:
+    """What a transition runs on: a plain object with a ``state`` and the effect to perform.
+
+    The flow builds one per attempt; the machine's callbacks call ``perform_effect`` (the Mailivery call,
+    supplied by the flow) and read ``warmed_before`` for the conditional ``resume`` from pending.
+    """
+
+    __slots__ = ("effect_result", "run_effect", "skip_effect", "state", "warmed_before")
+
+    def __init__(
+        self,
+        state: State,
+        *,
+        run_effect: Callable[[Effect], Any] | None = None,
+        skip_effect: bool = False,
+        warmed_before: bool = False,
+    ) -> None:
+        self.state = state
+        self.run_effect = run_effect
+        self.skip_effect = skip_effect
+        self.warmed_before = warmed_before
+        self.effect_result: Any = None
+
+
+def _effect_callback(effect: Effect) -> Callable[[Any], None]:
+    def perform(event: Any) -> None:
+        subject: Subject = event.model
+        if subject.skip_effect or subject.run_effect is None:
+            return
+        subject.effect_result = subject.run_effect(effect)
+
+    perform.__name__ = f"perform_{effect.value}"
+    return perform
+
+
+def _condition(name: str) -> Callable[[Any], bool]:
+    def check(event: Any) -> bool:
+        return bool(getattr(event.model, name))
+
+    return check
+
+
+def _build_machine() -> Machine:
+    spec: list[dict[str, Any]] = []
+    for rule in TRANSITIONS:
+        entry: dict[str, Any] = {
+            "trigger": rule.trigger,
+            "source": [s for s in rule.sources],
+            "dest": rule.dest,
+        }
+        if rule.effect is not None:
+            entry["before"] = [_effect_callback(rule.effect)]
+        if rule.condition is not None:
+            entry["conditions"] = [_condition(rule.condition)]
+        spec.append(entry)
+    return Machine(
+        model=None,
+        states=State,
+        transitions=spec,
+        initial=None,
+        auto_transitions=False,
+        send_event=True,
+    )
+
+
+#: The one machine every mailbox shares.
+MACHINE: Machine = _build_machine()
+
+_RULES: dict[tuple[str, State], TransitionRule] = {
+    (rule.trigger, source): rule for rule in TRANSITIONS for source in rule.sources
+}
+
+
+def rule_for(trigger: str, state: State) -> TransitionRule | None:
+    """The rule that lets ``trigger`` fire from ``state``, or None when it is not allowed."""
+    return _RULES.get((trigger, state))
+
+
+def allowed_triggers(state: State) -> list[str]:
+    """Triggers allowed from ``state``, in table order."""
+    return [t for t in TRIGGERS if (t, state) in _RULES]
+
+
+def fire(trigger: str, subject: Subject, mailbox_id: Any = None) -> State:
+    """Run ``trigger`` on ``subject`` through the shared machine and return the new state.
+
+    Raises `InvalidTransition` when the trigger is not allowed from the subject's state (or its condition
+    does not hold). Whatever the effect callback raises propagates and the state is left unchanged.
+    """
+    before = subject.state
+    if trigger not in MACHINE.events:
+        raise InvalidTransition(trigger, before, mailbox_id)
+    try:
+        moved = MACHINE.events[trigger].trigger(subject)
+    except MachineError:
+        raise InvalidTransition(trigger, before, mailbox_id) from None
+    if not moved:
+        raise InvalidTransition(trigger, before, mailbox_id)
+    return State(subject.state)

@@ -1,0 +1,482 @@
+"""Persistence: engines, guarded updates and queries over the three tables.
+
+Every state change is one guarded ``UPDATE … WHERE id = ? AND version = ? AND state = ?`` plus its audit
+``INSERT`` in the same transaction, so two workers can never both move a mailbox. A side-effecting
+transition first *claims* the row (a short lease with the intent it is about to carry out), makes the
+Mailivery call with no transaction open, then commits the new state only if it still holds the claim.
+
+SQLite runs in WAL mode with a busy timeout, and write transactions start with ``BEGIN IMMEDIATE`` so
+that concurrent writers queue instead of failing on a lock upgrade. PostgreSQL URLs use psycopg 3.
+SQLAlchemy errors are translated to `StorageError` here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from datetime import datetime
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from .errors import DuplicateMailbox, MailboxFlowError, StorageError
+from .models import MailboxRow, TransitionRow, WebhookDeliveryRow, metadata, utcnow
+from .states import ACTIVE_STATES, State
+from .types import AuditEntry, Delivery, Mailbox, Source
+
+__all__ = ["Store", "make_engine"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MAILBOX: sa.Table = MailboxRow.__table__  # type: ignore[attr-defined]
+AUDIT: sa.Table = TransitionRow.__table__  # type: ignore[attr-defined]
+INBOX: sa.Table = WebhookDeliveryRow.__table__  # type: ignore[attr-defined]
+
+_MAILBOX_COLS = [MAILBOX.c[f.name] for f in fields(Mailbox)]
+_AUDIT_COLS = [AUDIT.c[f.name] for f in fields(AuditEntry)]
+_INBOX_COLS = [INBOX.c[f.name] for f in fields(Delivery)]
+_ACTIVE_VALUES = sorted(s.value for s in ACTIVE_STATES)
+
+
+def make_engine(database_url: str, *, echo: bool = False) -> Engine:
+    """An engine tuned for mailbox_flow: SQLite in WAL mode, or PostgreSQL through psycopg 3."""
+    url = make_url(database_url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        memory = url.database in (None, "", ":memory:")
+        engine = sa.create_engine(
+            url,
+            echo=echo,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+        _tune_sqlite(engine, wal=not memory)
+        return engine
+    if backend == "postgresql":
+        if url.get_driver_name() in ("", "psycopg2"):
+            url = url.set(drivername="postgresql+psycopg")
+        return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+    return sa.create_engine(url, echo=echo)
+
+
+def _tune_sqlite(engine: Engine, *, wal: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("mailbox_flow_read"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _storage_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Translate SQLAlchemy's errors to `StorageError` (ours pass through)."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except MailboxFlowError:
+            raise
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StorageError(f"database error in {func.__name__}: {type(cause).__name__}") from exc
+
+    return wrapper
+
+
+def _to_mailbox(row: Any) -> Mailbox:
+    data = dict(row._mapping)
+    data["state"] = State(data["state"])
+    return Mailbox(**data)
+
+
+def _to_audit(row: Any) -> AuditEntry:
+    data = dict(row._mapping)
+    data["from_state"] = State(data["from_state"])
+    data["to_state"] = State(data["to_state"])
+    data["source"] = Source(data["source"])
+    data["detail"] = data["detail"] or {}
+    return AuditEntry(**data)
+
+
+def _to_delivery(row: Any) -> Delivery:
+    data = dict(row._mapping)
+    data["body"] = bytes(data["body"])
+    return Delivery(**data)
+
+
+def _not_leased(now: datetime) -> sa.ColumnElement[bool]:
+    return sa.or_(MAILBOX.c.lease_until.is_(None), MAILBOX.c.lease_until < now)
+
+
+class Store:
+    """The database side of a flow. Every public method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(mailbox_flow_read=True)
+            with conn.begin():
+                yield conn
+
+    @_storage_errors
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine, tables=[MAILBOX, AUDIT, INBOX])
+
+    @_storage_errors
+    def ping(self) -> bool:
+        with self._read() as conn:
+            return conn.execute(sa.text("SELECT 1")).scalar() == 1
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- mailboxes -------------------------------------------------------------------------------
+
+    @_storage_errors
+    def insert_mailbox(self, values: dict[str, Any], audit: dict[str, Any] | None = None) -> Mailbox:
+        """Insert a mailbox (and optionally its first audit row) or raise `DuplicateMailbox`."""
+        now = utcnow()
+        row = {
+            "id": uuid.uuid4(),
+            "version": 1,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+            "state_changed_at": now,
+            **values,
+        }
+        try:
+            with self._write() as conn:
+                result = conn.execute(sa.insert(MAILBOX).values(row).returning(*_MAILBOX_COLS)).one()
+                if audit is not None:
+                    conn.execute(sa.insert(AUDIT).values(mailbox_id=row["id"], at=now, **audit))
+        except IntegrityError as exc:
+            existing = self.find_active_by_email(row["email"])
+            if existing is None and row.get("campaign_id") is not None:
+                existing = self.get_by_campaign(row["campaign_id"])
+            raise DuplicateMailbox(row["email"], existing.id if existing else None) from exc
+        return _to_mailbox(result)
+
+    @_storage_errors
+    def get(self, mailbox_id: uuid.UUID) -> Mailbox | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(*_MAILBOX_COLS).where(MAILBOX.c.id == mailbox_id)).first()
+        return _to_mailbox(row) if row else None
+
+    @_storage_errors
+    def get_by_campaign(self, campaign_id: int) -> Mailbox | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(*_MAILBOX_COLS).where(MAILBOX.c.campaign_id == campaign_id)
+            ).first()
+        return _to_mailbox(row) if row else None
+
+    @_storage_errors
+    def find_active_by_email(self, email: str) -> Mailbox | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(*_MAILBOX_COLS).where(
+                    MAILBOX.c.email == email, MAILBOX.c.state.in_(_ACTIVE_VALUES)
+                )
+            ).first()
+        return _to_mailbox(row) if row else None
+
+    @_storage_errors
+    def find_latest_by_email(self, email: str) -> Mailbox | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(*_MAILBOX_COLS)
+                .where(MAILBOX.c.email == email)
+                .order_by(MAILBOX.c.created_at.desc())
+                .limit(1)
+            ).first()
+        return _to_mailbox(row) if row else None
+
+    @_storage_errors
+    def list(
+        self,
+        *,
+        states: Sequence[State] | None = None,
+        owner_id: str | None = None,
+        changed_before: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Mailbox]:
+        query = sa.select(*_MAILBOX_COLS)
+        if states:
+            query = query.where(MAILBOX.c.state.in_([State(s).value for s in states]))
+        if owner_id is not None:
+            query = query.where(MAILBOX.c.owner_id == owner_id)
+        if changed_before is not None:
+            query = query.where(MAILBOX.c.state_changed_at < changed_before)
+        query = query.order_by(MAILBOX.c.created_at, MAILBOX.c.id)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [_to_mailbox(r) for r in conn.execute(query)]
+
+    @_storage_errors
+    def history(self, mailbox_id: uuid.UUID) -> list[AuditEntry]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(*_AUDIT_COLS).where(AUDIT.c.mailbox_id == mailbox_id).order_by(AUDIT.c.id)
+            )
+            return [_to_audit(r) for r in rows]
+
+    @_storage_errors
+    def claim(
+        self,
+        mailbox: Mailbox,
+        *,
+        owner: str,
+        until: datetime,
+        trigger: str,
+        request_id: str,
+    ) -> Mailbox | None:
+        """Take the short lease on ``mailbox`` and record the intent; None if someone else moved first."""
+        now = utcnow()
+        with self._write() as conn:
+            row = conn.execute(
+                sa.update(MAILBOX)
+                .where(
+                    MAILBOX.c.id == mailbox.id,
+                    MAILBOX.c.version == mailbox.version,
+                    MAILBOX.c.state == mailbox.state.value,
+                    _not_leased(now),
+                )
+                .values(
+                    version=MAILBOX.c.version + 1,
+                    lease_owner=owner,
+                    lease_until=until,
+                    intent_trigger=trigger,
+                    intent_request_id=request_id,
+                    intent_at=now,
+                    updated_at=now,
+                )
+                .returning(*_MAILBOX_COLS)
+            ).first()
+        return _to_mailbox(row) if row else None
+
+    @_storage_errors
+    def transition(
+        self,
+        mailbox: Mailbox,
+        *,
+        to_state: State,
+        trigger: str,
+        source: Source,
+        request_id: str | None,
+        detail: dict[str, Any] | None = None,
+        lease_owner: str | None = None,
+        values: dict[str, Any] | None = None,
+    ) -> Mailbox | None:
+        """Move ``mailbox`` to ``to_state`` and write its audit row, in one transaction.
+
+        Guarded by version and state, and by the lease: the holder's ``lease_owner`` when the caller
+        claimed the row, otherwise "nobody holds an unexpired lease". None when the guard fails.
+        """
+        now = utcnow()
+        guard = [
+            MAILBOX.c.id == mailbox.id,
+            MAILBOX.c.version == mailbox.version,
+            MAILBOX.c.state == mailbox.state.value,
+            (MAILBOX.c.lease_owner == lease_owner) if lease_owner else _not_leased(now),
+        ]
+        new_values: dict[str, Any] = {
+            "state": to_state.value,
+            "version": MAILBOX.c.version + 1,
+            "state_changed_at": now,
+            "updated_at": now,
+            "lease_owner": None,
+            "lease_until": None,
+            "intent_trigger": None,
+            "intent_request_id": None,
+            "intent_at": None,
+            "attempts": 0,
+            "last_error": None,
+            "next_attempt_at": None,
+            "flag_reason": None,
+            "flagged_at": None,
+            **(values or {}),
+        }
+        if to_state is State.WARMING and mailbox.warmed_at is None:
+            new_values.setdefault("warmed_at", now)
+        with self._write() as conn:
+            row = conn.execute(
+                sa.update(MAILBOX).where(*guard).values(new_values).returning(*_MAILBOX_COLS)
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                sa.insert(AUDIT).values(
+                    mailbox_id=mailbox.id,
+                    trigger=trigger,
+                    from_state=mailbox.state.value,
+                    to_state=to_state.value,
+                    at=now,
+                    source=source.value,
+                    request_id=request_id,
+                    detail=detail or None,
+                )
+            )
+        return _to_mailbox(row)
+
+    @_storage_errors
+    def release(
+        self,
+        mailbox: Mailbox,
+        *,
+        lease_owner: str | None,
+        error: str | None,
+        next_attempt_at: datetime | None,
+        keep_intent: bool = False,
+        count_attempt: bool = True,
+    ) -> Mailbox | None:
+        """Give the lease back without moving the state, recording the error and attempt count."""
+        now = utcnow()
+        values: dict[str, Any] = {
+            "version": MAILBOX.c.version + 1,
+            "lease_owner": None,
+            "lease_until": None,
+            "last_error": error,
+            "next_attempt_at": next_attempt_at,
+            "updated_at": now,
+        }
+        if count_attempt:
+            values["attempts"] = MAILBOX.c.attempts + 1
+        if not keep_intent:
+            values.update(intent_trigger=None, intent_request_id=None, intent_at=None)
+        guard = [MAILBOX.c.id == mailbox.id]
+        if lease_owner:
+            guard.append(MAILBOX.c.lease_owner == lease_owner)
+        else:
+            guard += [MAILBOX.c.version == mailbox.version, _not_leased(now)]
+        with self._write() as conn:
+            row = conn.execute(
+                sa.update(MAILBOX).where(*guard).values(values).returning(*_MAILBOX_COLS)
+            ).first()
+        return _to_mailbox(row) if row else None
+
+    @_storage_errors
+    def flag(self, mailbox_id: uuid.UUID, reason: str | None) -> None:
+        """Set (or clear, with None) the reconciler's flag on a mailbox; does not change its version."""
+        with self._write() as conn:
+            conn.execute(
+                sa.update(MAILBOX)
+                .where(MAILBOX.c.id == mailbox_id)
+                .values(flag_reason=reason, flagged_at=utcnow() if reason else None)
+            )
+
+    # -- inbox -----------------------------------------------------------------------------------
+
+    @_storage_errors
+    def insert_delivery(self, values: dict[str, Any]) -> Delivery | None:
+        """Store a delivery; None when its ``dedupe_key`` is already in the inbox."""
+        row = {"received_at": utcnow(), "attempts": 0, **values}
+        try:
+            with self._write() as conn:
+                result = conn.execute(sa.insert(INBOX).values(row).returning(*_INBOX_COLS)).one()
+        except IntegrityError:
+            if row.get("dedupe_key") is None:
+                raise
+            return None
+        return _to_delivery(result)
+
+    @_storage_errors
+    def get_delivery(self, delivery_id: int) -> Delivery | None:
+        with self._read() as conn:
+            row = conn.execute(sa.select(*_INBOX_COLS).where(INBOX.c.id == delivery_id)).first()
+        return _to_delivery(row) if row else None
+
+    @_storage_errors
+    def get_delivery_by_key(self, dedupe_key: str) -> Delivery | None:
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(*_INBOX_COLS).where(INBOX.c.dedupe_key == dedupe_key)
+            ).first()
+        return _to_delivery(row) if row else None
+
+    @_storage_errors
+    def list_deliveries(
+        self, *, statuses: Sequence[str] | None = None, received_before: datetime | None = None
+    ) -> list[Delivery]:
+        query = sa.select(*_INBOX_COLS)
+        if statuses:
+            query = query.where(INBOX.c.status.in_(list(statuses)))
+        if received_before is not None:
+            query = query.where(INBOX.c.received_at < received_before)
+        with self._read() as conn:
+            return [_to_delivery(r) for r in conn.execute(query.order_by(INBOX.c.id))]
+
+    @_storage_errors
+    def touch_delivery(self, delivery_id: int) -> None:
+        """Count one more processing attempt of a delivery."""
+        with self._write() as conn:
+            conn.execute(
+                sa.update(INBOX)
+                .where(INBOX.c.id == delivery_id)
+                .values(attempts=INBOX.c.attempts + 1)
+            )
+
+    @_storage_errors
+    def finish_delivery(
+        self,
+        delivery_id: int,
+        *,
+        status: str,
+        outcome: str | None,
+        error: str | None = None,
+        mailbox_id: uuid.UUID | None = None,
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                sa.update(INBOX)
+                .where(INBOX.c.id == delivery_id)
+                .values(
+                    status=status,
+                    outcome=outcome,
+                    error=error,
+                    mailbox_id=mailbox_id,
+                    processed_at=utcnow(),
+                )
+            )
+
+    @_storage_errors
+    def count(self, table: str) -> int:
+        """Rows in one of the three tables (for tests and reports)."""
+        tables = {"mailbox": MAILBOX, "mailbox_transition": AUDIT, "webhook_delivery": INBOX}
+        with self._read() as conn:
+            return cast(int, conn.execute(sa.select(sa.func.count()).select_from(tables[table])).scalar())
