@@ -218,6 +218,7 @@ class MailboxFlow:
             tags=tags,
         )
         normalized = fields["email"]
+        client = self.client  # fail on a missing configuration before anything is stored
         try:
             mailbox = self.store.insert_mailbox(
                 {
@@ -239,7 +240,7 @@ class MailboxFlow:
         token = mailbox.correlation_token or ""
 
         def connect(request_id: str) -> Any:
-            return self.client.connect_microsoft(
+            return client.connect_microsoft(
                 first_name=mailbox.first_name or first_name,
                 last_name=mailbox.last_name,
                 email=mailbox.email,

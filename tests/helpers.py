@@ -8,7 +8,7 @@ from typing import Any
 from mailbox_flow import MailboxFlow
 
 SECRET = "test-webhook-secret-3f9a"
-API_KEY = "test-key"
+API_KEY = "sim-api-key-7d1e0c55"
 
 
 def counts(flow: MailboxFlow) -> tuple[int, int, int]:

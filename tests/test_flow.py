@@ -26,7 +26,7 @@ from mailbox_flow import (
 from mailbox_flow.errors import MailiveryServerError
 from mailbox_flow.states import TRANSITIONS, rule_for
 
-from .helpers import SECRET, consent, counts, webhook_body
+from .helpers import API_KEY, SECRET, consent, counts, webhook_body
 
 
 def connect(flow: MailboxFlow, email: str = "Ada@Contoso.com", owner: str = "user-42") -> Any:
@@ -494,7 +494,7 @@ def test_concurrent_duplicate_deliveries_start_once(postgres_url: str, api_url: 
                                                     sim: Any) -> None:
     """8 flows receiving the same delivery at once: one warmup call, one audit row into warming."""
     flows = [
-        MailboxFlow(postgres_url, client=MailiveryClient("test-key", api_url, rate_per_second=0),
+        MailboxFlow(postgres_url, client=MailiveryClient(API_KEY, api_url, rate_per_second=0),
                     webhook_secret=SECRET)
         for _ in range(8)
     ]
@@ -537,7 +537,7 @@ def test_concurrent_starts_call_once(flow: MailboxFlow, database_url: str, api_u
     sim.faults.start_fails("ada@contoso.com", times=1)
     flow.handle_webhook(consent(sim, mb), secret=SECRET)
     sim.faults.latency(0.3)
-    other = MailboxFlow(database_url, client=MailiveryClient("test-key", api_url, rate_per_second=0),
+    other = MailboxFlow(database_url, client=MailiveryClient(API_KEY, api_url, rate_per_second=0),
                         webhook_secret=SECRET)
     results: list[Any] = []
 

@@ -45,6 +45,7 @@ from .schemas import (
     DEFAULT_BASE_URL,
     Campaign,
     ConnectResult,
+    is_loopback_host,
     validate_connect,
     validate_meta,
 )
@@ -248,6 +249,11 @@ class MailiveryClient:
             rate_limiter = RateLimiter(rate_per_second)
         self._api_key = api_key
         self.base_url = base_url
+        # Only a local simulator reached over loopback http may hand out http consent URLs.
+        base_parts = urlsplit(base_url)
+        self._allow_loopback_http = base_parts.scheme == "http" and is_loopback_host(
+            base_parts.hostname
+        )
         self.request_id_header = request_id_header.strip()
         self.max_attempts = max_attempts
         self.backoff_initial = float(backoff_initial)
@@ -337,7 +343,9 @@ class MailiveryClient:
         parts = [(name, (None, value.encode("utf-8"))) for name, value in fields.items()]
         answer = self._call("POST", "connect_microsoft", request_id=rid, files=parts)
         try:
-            return ConnectResult.from_api(answer.json())
+            return ConnectResult.from_api(
+                answer.json(), allow_loopback_http=self._allow_loopback_http
+            )
         except MailiveryResponseError as exc:
             raise answer.error(exc.message) from None
 

@@ -9,6 +9,7 @@ bare, unknown fields kept, ``lalst_name``/``campaignId`` spellings) and strict a
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import math
 import re
@@ -29,6 +30,7 @@ __all__ = [
     "Campaign",
     "ConnectResult",
     "WebhookEvent",
+    "is_loopback_host",
     "normalize_email",
     "parse_meta",
     "parse_webhook",
@@ -329,7 +331,19 @@ class Campaign:
         )
 
 
-def _https_url(value: Any) -> str | None:
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback IP addresses (a local simulator, never Mailivery)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _oauth_url(value: Any, *, allow_loopback_http: bool) -> str | None:
     if not isinstance(value, str):
         return None
     url = value.strip()
@@ -342,9 +356,14 @@ def _https_url(value: Any) -> str | None:
         host = parts.hostname
     except ValueError:
         return None
-    if parts.scheme.lower() != "https" or not host:
+    if not host:
         return None
-    return url
+    scheme = parts.scheme.lower()
+    if scheme == "https":
+        return url
+    if scheme == "http" and allow_loopback_http and is_loopback_host(host):
+        return url
+    return None
 
 
 @dataclass(frozen=True)
@@ -358,8 +377,12 @@ class ConnectResult:
     raw: Mapping[str, Any] = field(default_factory=dict, hash=False, repr=False)
 
     @classmethod
-    def from_api(cls, payload: Any) -> ConnectResult:
-        """Read ``data.url`` (else top-level ``url``); `MailiveryResponseError` unless https."""
+    def from_api(cls, payload: Any, *, allow_loopback_http: bool = False) -> ConnectResult:
+        """Read ``data.url`` (else top-level ``url``); `MailiveryResponseError` unless https.
+
+        ``allow_loopback_http`` also accepts ``http://`` on a loopback host: the client sets it
+        only when it talks to a local simulator over loopback http itself.
+        """
         if not isinstance(payload, Mapping):
             raise MailiveryResponseError("the connect response is not a JSON object")
         data = payload.get("data")
@@ -368,7 +391,7 @@ class ConnectResult:
             candidate = payload.get("url")
         if candidate is None:
             raise MailiveryResponseError("the connect response has no OAuth URL")
-        url = _https_url(candidate)
+        url = _oauth_url(candidate, allow_loopback_http=allow_loopback_http)
         if url is None:
             raise MailiveryResponseError(
                 "the connect response's OAuth URL is not an absolute https URL"
@@ -437,7 +460,7 @@ def parse_meta(value: Any) -> dict[str, str]:
             decoded = json.loads(text, parse_constant=_reject_constant)
             return _meta_from_pairs(decoded.items()) if isinstance(decoded, dict) else {}
         text = text.removeprefix("?")
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=10 * _MAX_META_ITEMS)
+        pairs = parse_qsl(text, keep_blank_values=False, max_num_fields=10 * _MAX_META_ITEMS)
         return _meta_from_pairs(pairs)
     except Exception:
         return {}

@@ -1,6 +1,7 @@
-"""The simulator's HTTP face: a Starlette app serving a fake Mailivery API, consent pages and controls.
+"""The simulator's HTTP face: a Starlette app with a fake Mailivery API, consent pages, controls.
 
-API (``/api/v1``, every call needs ``Authorization: Bearer <api_key>``, else 401 ``UNAUTHENTICATED``):
+API under ``/api/v1``; every call needs ``Authorization: Bearer <api_key>``, else 401
+``UNAUTHENTICATED``:
 
 - ``POST /campaigns/microsoft``: multipart/form-data only (anything else: 422 ``VALIDATION_ERROR``),
   snake_case fields ``first_name`` (required, <=255), ``last_name`` (<=255), ``email`` (required,
@@ -9,13 +10,16 @@ API (``/api/v1``, every call needs ``Authorization: Bearer <api_key>``, else 401
   list), and meta as either one ``meta`` field (a JSON object is re-encoded as a query string, any
   other text is echoed verbatim) or ``meta[<key>]`` fields (not both). Unknown fields (e.g.
   ``with_rampup``) are ignored. Email uniqueness is not enforced (Mailivery does not document it).
-  Answers ``{"success": true, "data": {"url": "<public_url>/oauth/consent/<token>?state=<state>"}}``.
+  Answers ``{"success": true, "data": {"url": URL}}`` with
+  URL = ``<public_url>/oauth/consent/<token>?state=<state>``.
   Validation errors: 422 ``{"code": "VALIDATION_ERROR", "message": ..., "errors": {field: [..]}}``.
-- ``GET /campaigns`` -> ``{"data": [campaign, ...]}``; ``GET /campaigns/{id}`` -> ``{"data": campaign}``.
+- ``GET /campaigns`` -> ``{"data": [campaign, ...]}``;
+  ``GET /campaigns/{id}`` -> ``{"data": campaign}``.
 - ``PATCH /campaigns/{id}/start-warmup | pause-warmup | resume-warmup`` ->
   ``{"success": true, "data": campaign}``; status rules in `mailbox_flow.simulator.state`
   (start on active and pause on paused are idempotent 200s; start on paused and pause on pending
-  are 422 ``INVALID_CAMPAIGN_STATUS``; a failed connection check is 422 ``CONNECTION_CHECK_FAILED``).
+  are 422 ``INVALID_CAMPAIGN_STATUS``; a failed connection check is 422
+  ``CONNECTION_CHECK_FAILED``).
 - ``PATCH /campaigns/{id}``: an empty body is the Microsoft re-auth and answers
   ``{"success": true, "data": {"reconnectUrl": ...}}``; otherwise (form or JSON) ``email_per_day``/
   ``emailsPerDay``, ``response_rate``/``responseRate``, ``timezone``, ``tags`` are updated, the
@@ -50,12 +54,12 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from mailbox_flow.simulator.state import (
     CAMPAIGN_STATUSES,
@@ -255,7 +259,7 @@ def _parse_meta_text(value: str) -> dict[str, str] | str:
 
 
 def validate_connect_form(form: FormData) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """Validate the ``POST /campaigns/microsoft`` fields: (clean keyword arguments, errors by field)."""
+    """Validate ``POST /campaigns/microsoft`` fields: (clean keyword arguments, errors by field)."""
     errors = _Errors()
     values: dict[str, str] = {}
     meta_fields: dict[str, str] = {}
@@ -324,6 +328,8 @@ async def _connect(request: Request, sim: Simulator, _: str) -> Response:
         )
     try:
         form = await request.form(max_files=20, max_fields=500, max_part_size=64 * 1024)
+    except SimulatedApiError:
+        raise
     except HTTPException as exc:
         if exc.status_code == 413:
             return _error(413, message="The request body is too large.")
@@ -382,6 +388,8 @@ async def _update(request: Request, sim: Simulator, raw_id: str) -> Response:
     else:
         try:
             form = await request.form(max_files=0, max_fields=100, max_part_size=64 * 1024)
+        except SimulatedApiError:
+            raise
         except Exception:
             return _error(422, "VALIDATION_ERROR", "The request body could not be parsed.")
         fields = {k: v for k, v in form.multi_items() if isinstance(v, str)}
@@ -471,13 +479,43 @@ async def _dispatch(request: Request, sim: Simulator, method: str, path: str) ->
     return response
 
 
+class _TooLarge(SimulatedApiError):
+    def __init__(self) -> None:
+        super().__init__(413, "PAYLOAD_TOO_LARGE", f"The request body exceeds {MAX_BODY} bytes.")
+
+
+def _limited(receive: Receive, limit: int) -> Receive:
+    """`receive` that raises `_TooLarge` once more than `limit` body bytes arrived."""
+    total = 0
+
+    async def wrapped() -> Message:
+        nonlocal total
+        message = await receive()
+        if message["type"] == "http.request":
+            total += len(message.get("body", b""))
+            if total > limit:
+                raise _TooLarge()
+        return message
+
+    return wrapped
+
+
+def _declared_too_large(request: Request) -> bool:
+    declared = request.headers.get("content-length", "")
+    return declared.isdigit() and int(declared) > MAX_BODY
+
+
 def _api_app(sim: Simulator) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     async def api(scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
+        request = Request(scope, _limited(receive, MAX_BODY))
         method = request.method.upper()
         path = request.url.path
         try:
+            if _declared_too_large(request):
+                raise _TooLarge()
             response = await _dispatch(request, sim, method, path)
+        except SimulatedApiError as exc:
+            response = _error(exc.status, exc.code, exc.message)
         except HTTPException as exc:
             response = _error(exc.status_code, message=str(exc.detail))
         except Exception:
@@ -604,7 +642,16 @@ _FAULT_METHODS = frozenset(
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
-    body = await request.body()
+    if _declared_too_large(request):
+        raise _TooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLarge()
+        chunks.append(chunk)
+    body = b"".join(chunks)
     if not body.strip():
         return {}
     try:
@@ -641,7 +688,9 @@ async def _faults(request: Request, sim: Simulator) -> Response:
         unknown = sorted(set(body) - _FAULT_METHODS)
         if unknown:
             raise SimulatedApiError(
-                400, "INVALID_FAULT", f"Unknown fault(s) {unknown}; known: {sorted(_FAULT_METHODS)}."
+                400,
+                "INVALID_FAULT",
+                f"Unknown fault(s) {unknown}; known: {sorted(_FAULT_METHODS)}.",
             )
         for name, args in body.items():
             method = getattr(sim.faults, name)
@@ -807,7 +856,6 @@ def create_app(sim: Simulator) -> Starlette:
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_exception, Exception: _server_error},
-        max_body_size=MAX_BODY,
     )
     app.state.sim = sim
     return app

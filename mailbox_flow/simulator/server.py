@@ -44,7 +44,9 @@ def serve_in_thread(
     `stop()` is idempotent and waits for the thread to end.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto
+    # says TCP; with proto 0, keep-alive requests stall ~40 ms on Nagle + delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
@@ -103,7 +105,9 @@ class SimulatorServer:
     own), so consent URLs point at this server.
     """
 
-    def __init__(self, sim: Simulator | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, sim: Simulator | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
         self.sim = sim if sim is not None else Simulator()
         self.host = host
         self.port = port

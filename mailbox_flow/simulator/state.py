@@ -1,4 +1,4 @@
-"""In-memory state of the Mailivery simulator: campaigns, OAuth consents, call log, faults, webhooks.
+"""In-memory state of the Mailivery simulator: campaigns, consents, call log, faults, webhooks.
 
 Everything here is plain Python and thread-safe (one re-entrant lock for the campaigns and consents,
 one condition for the webhook outbox, one lock inside `Faults`), so tests may drive the simulator
@@ -20,9 +20,9 @@ pause-warmup       paused                 unchanged (idempotent)                
 pause-warmup       pending                422 ``INVALID_CAMPAIGN_STATUS`` (never started)  422
 =================  =====================  ===============================================  =====
 
-The connection check fails (422 ``CONNECTION_CHECK_FAILED``, status unchanged) while the campaign has
-a connection problem (`Simulator.connection_problem`, cleared by `Simulator.reconnect`) or while a
-`Faults.start_fails` rule for its email or id has attempts left (each failed attempt uses one).
+The connection check fails (422 ``CONNECTION_CHECK_FAILED``, status unchanged) while the campaign
+has a connection problem (`Simulator.connection_problem`, cleared by `Simulator.reconnect`) or
+while a `Faults.start_fails` rule for its email or id has attempts left (one used per failure).
 
 Webhooks are delivered by one background thread, in emission order, one POST each, no retries; the
 outcome of every attempt is kept in `Simulator.webhooks_sent`. Account payloads follow
@@ -86,7 +86,7 @@ class Call(NamedTuple):
 
 
 class SentWebhook(NamedTuple):
-    """One webhook delivery attempt: the exact body and the receiver's status code or an error text."""
+    """One webhook delivery attempt: the exact body, and the receiver's status code or an error."""
 
     body: bytes
     result: int | str
@@ -146,7 +146,9 @@ class InjectedFailure(NamedTuple):
     after_effect: bool
 
 
-def _as_int(value: object, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+def _as_int(
+    value: object, name: str, minimum: int | None = None, maximum: int | None = None
+) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -220,7 +222,7 @@ class Faults:
         method: str | None = None,
         after_effect: bool = False,
     ) -> None:
-        """Answer the next `n` matching API calls with `status` and the ``{code, message}`` envelope.
+        """Answer the next `n` matching API calls with `status` and the ``{code, message}`` body.
 
         429 uses code ``RATE_LIMIT_EXCEEDED``; `retry_after` adds a ``Retry-After`` header (whole
         seconds written as an integer, fractions kept, e.g. ``0.2``). `path_contains` and `method`
@@ -301,7 +303,7 @@ class Faults:
             self._delay = value
 
     def reorder_webhooks(self, enabled: bool = True) -> None:
-        """Hold webhooks; `Simulator.flush_webhooks` (or turning this off) sends them newest first."""
+        """Hold webhooks; `Simulator.flush_webhooks` (or switching off) sends them newest first."""
         with self._lock:
             was = self._reorder
             self._reorder = bool(enabled)
@@ -373,9 +375,12 @@ class Faults:
                     if rule.remaining <= 0:
                         self._rules.remove(rule)
                     return InjectedFailure(rule.status, rule.retry_after, rule.after_effect)
-            if self._error_p and _matches(method, path, None, self._error_path):
-                if self._rng.random() < self._error_p:
-                    return InjectedFailure(self._rng.choice(self._error_statuses), None, False)
+            if (
+                self._error_p
+                and _matches(method, path, None, self._error_path)
+                and self._rng.random() < self._error_p
+            ):
+                return InjectedFailure(self._rng.choice(self._error_statuses), None, False)
             return None
 
     def consume_start_failure(self, campaign_id: int, email: str) -> bool:
@@ -392,7 +397,7 @@ class Faults:
             return False
 
     def webhook_plan(self) -> tuple[int, float, bool]:
-        """(copies to send, 0 = drop; delay in seconds; hold for reordering) for the next webhook."""
+        """For the next webhook: (copies to send, 0 = drop; delay in seconds; hold it)."""
         with self._lock:
             if self._drop > 0:
                 self._drop -= 1
@@ -437,7 +442,9 @@ def meta_query_string(
     elif isinstance(meta, str):
         text = meta
     else:
-        text = urllib.parse.urlencode([(str(k), "" if v is None else str(v)) for k, v in meta.items()])
+        text = urllib.parse.urlencode(
+            [(str(k), "" if v is None else str(v)) for k, v in meta.items()]
+        )
     tag_list = list(tags)
     if include_tags and tag_list:
         encoded = "tags=" + urllib.parse.quote(", ".join(tag_list), safe=",")
@@ -495,8 +502,8 @@ class Simulator:
     """The fake Mailivery account: state, call log, faults and the webhook outbox.
 
     `public_url` is the simulator's own base URL (``http://127.0.0.1:PORT``), used to build consent
-    and dashboard URLs; `SimulatorServer` fills it in when it starts. `webhook_url` may be changed at
-    any time; each delivery reads it when it is sent.
+    and dashboard URLs; `SimulatorServer` fills it in when it starts. `webhook_url` may be changed
+    at any time; each delivery reads it when it is sent.
     """
 
     def __init__(
@@ -540,8 +547,10 @@ class Simulator:
         with self._lock:
             self.calls.append(call)
 
-    def count(self, method: str | None = None, path_suffix: str = "", status: int | None = None) -> int:
-        """How many API calls match: `method` (any if None), path ending with `path_suffix`, `status`."""
+    def count(
+        self, method: str | None = None, path_suffix: str = "", status: int | None = None
+    ) -> int:
+        """Count API calls by `method` (None: any), path ending in `path_suffix`, `status`."""
         with self._lock:
             return sum(
                 1
@@ -780,7 +789,7 @@ class Simulator:
             return copy.deepcopy(campaign)
 
     def connection_problem(self, campaign_id: int) -> dict[str, Any]:
-        """Mailivery found a connection problem: pause it and post ``campaign.connection_problem``."""
+        """Mailivery found a connection problem: pause, post ``campaign.connection_problem``."""
         with self._lock:
             campaign = self._get(campaign_id)
             self._touch(campaign, status_code="paused", connection_problem=True)
@@ -874,7 +883,8 @@ class Simulator:
             raise SimulatedApiError(
                 422,
                 "CONNECTION_CHECK_FAILED",
-                f"Could not connect to {campaign['email']} over SMTP/IMAP; warm-up was not started.",
+                f"Could not connect to {campaign['email']} over SMTP/IMAP; "
+                "warm-up was not started.",
             )
 
     # -- webhooks ---------------------------------------------------------------------------------
