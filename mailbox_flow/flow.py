@@ -16,6 +16,7 @@ campaign is re-read from Mailivery before any warmup call. A payload alone never
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import json
@@ -167,7 +168,7 @@ class MailboxFlow:
             normalized
         )
 
-    def list(self, state: State | str | None = None, owner_id: str | None = None) -> list[Mailbox]:
+    def list(self, state: State | str | None = None, owner_id: str | None = None) -> builtins.list[Mailbox]:
         """Mailboxes, optionally of one state and/or one owner, oldest first."""
         states = None
         if state is not None:
@@ -175,13 +176,13 @@ class MailboxFlow:
                 states = [State(state)]
             except ValueError:
                 raise InvalidInput("state", f"unknown state {state!r}") from None
-        return self.store.list(states=states, owner_id=owner_id)
+        return self.store.mailboxes(states=states, owner_id=owner_id)
 
-    def history(self, mailbox_id: uuid.UUID | str) -> list[AuditEntry]:
+    def history(self, mailbox_id: uuid.UUID | str) -> builtins.list[AuditEntry]:
         """The mailbox's audit trail, oldest first."""
         return self.store.history(self.get(mailbox_id).id)
 
-    def deliveries(self, status: str | None = None) -> list[Delivery]:
+    def deliveries(self, status: str | None = None) -> builtins.list[Delivery]:
         """Stored webhook deliveries (the inbox), optionally of one status."""
         return self.store.list_deliveries(statuses=[status] if status else None)
 
@@ -197,7 +198,7 @@ class MailboxFlow:
         response_rate: int = 30,
         *,
         timezone: str | None = None,
-        tags: list[str] | None = None,
+        tags: builtins.list[str] | None = None,
         source: Source = Source.API,
     ) -> Mailbox:
         """Record a mailbox, ask Mailivery for its OAuth URL and return it in ``oauth_sent``.
@@ -232,7 +233,7 @@ class MailboxFlow:
                     "correlation_token": secrets.token_urlsafe(24),
                 }
             )
-        except DuplicateMailbox as exc:
+        except DuplicateMailbox:
             existing = self.store.find_active_by_email(normalized)
             if existing is None or existing.state is not State.REQUESTED or existing.owner_id != owner_id:
                 raise

@@ -135,13 +135,13 @@ def reconcile(
     report = ReconcileReport(now, stuck_after, expire_after, remote, fix)
     store = flow.store
 
-    for mailbox in store.list(states=[State.PENDING], changed_before=now - stuck_after):
+    for mailbox in store.mailboxes(states=[State.PENDING], changed_before=now - stuck_after):
         if not fix:
             store.flag(mailbox.id, "stuck_pending")
             report.findings.append(_finding(mailbox, "stuck_pending", "flagged", now))
             continue
         try:
-            outcome, after, detail = flow._verify_and_warm(mailbox, Source.RECONCILER)
+            outcome, _after, detail = flow._verify_and_warm(mailbox, Source.RECONCILER)
         except ConcurrentUpdate:
             report.findings.append(_finding(mailbox, "stuck_pending", "skipped", now,
                                             "another worker holds this mailbox"))
@@ -152,7 +152,7 @@ def reconcile(
         action = {Outcome.STARTED: "started", Outcome.RESUMED: "resumed"}.get(outcome, "failed")
         report.findings.append(_finding(mailbox, "stuck_pending", action, now, detail))
 
-    for mailbox in store.list(states=[State.REQUESTED, State.OAUTH_SENT],
+    for mailbox in store.mailboxes(states=[State.REQUESTED, State.OAUTH_SENT],
                               changed_before=now - expire_after):
         if not fix:
             store.flag(mailbox.id, "abandoned_oauth")
@@ -202,7 +202,7 @@ def _remote_findings(flow: MailboxFlow, now: datetime) -> list[Finding]:
     """Compare our records with Mailivery's campaign list (flag only)."""
     findings: list[Finding] = []
     campaigns = {c.id: c for c in flow.client.list_campaigns()}
-    local = {m.campaign_id: m for m in flow.store.list() if m.campaign_id is not None}
+    local = {m.campaign_id: m for m in flow.store.mailboxes() if m.campaign_id is not None}
     for campaign_id, campaign in campaigns.items():
         mailbox = local.get(campaign_id)
         if mailbox is None:

@@ -227,7 +227,7 @@ class Store:
         return _to_mailbox(row) if row else None
 
     @_storage_errors
-    def list(
+    def mailboxes(
         self,
         *,
         states: Sequence[State] | None = None,

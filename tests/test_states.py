@@ -37,7 +37,7 @@ def test_state_values_are_lowercase_names() -> None:
 
 def test_terminal_and_active_states_partition_all_states() -> None:
     """Every state is either terminal or active, never both."""
-    assert TERMINAL_STATES | ACTIVE_STATES == set(State)
+    assert set(State) == TERMINAL_STATES | ACTIVE_STATES
     assert not TERMINAL_STATES & ACTIVE_STATES
     assert {State.DELETED, State.EXPIRED, State.REJECTED} == TERMINAL_STATES
 
@@ -137,4 +137,4 @@ def test_one_shared_machine_with_no_per_subject_state() -> None:
     tracemalloc.stop()
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert MACHINE.models == []
-    assert grown < 200_000  # far below 2000 machines × tens of KB each
+    assert grown < 200_000  # far below 2000 machines x tens of KB each
