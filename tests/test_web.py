@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mailbox_flow import MailboxFlow, MailiveryClient, Outcome, State
+from mailbox_flow import MailboxFlow, MailiveryClient, State
 from mailbox_flow.simulator import serve_in_thread
 from mailbox_flow.web import create_app
 

@@ -1,6 +1,7 @@
 """A partner service on Flask that calls `MailboxFlow.handle_webhook` from its own route.
 
-    MAILBOX_FLOW_MAILIVERY_API_KEY=... MAILBOX_FLOW_WEBHOOK_SECRET=... flask --app examples/flask_partner/app.py run
+    export MAILBOX_FLOW_MAILIVERY_API_KEY=... MAILBOX_FLOW_WEBHOOK_SECRET=...
+    flask --app examples/flask_partner/app.py run
 """
 
 from __future__ import annotations
