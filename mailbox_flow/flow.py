@@ -647,8 +647,13 @@ class MailboxFlow:
                     f"campaign status at Mailivery is {campaign.status!r}")
         resume = mailbox.warmed_at is not None or lifecycle == "paused"
         trigger = "resume" if resume else "start"
+        # Already active at Mailivery (an earlier call took effect but its answer was lost, or someone
+        # started it elsewhere): record the transition without calling again.
+        already = lifecycle == "active"
         try:
-            warmed = self._apply(mailbox, trigger, source=source, warmed_before=resume)
+            warmed = self._apply(mailbox, trigger, source=source, warmed_before=resume,
+                                 skip_effect=already,
+                                 detail={"already_active_at_mailivery": True} if already else None)
         except ConcurrentUpdate:
             raise
         except MailiveryError as exc:

@@ -82,7 +82,7 @@ class TransitionRule:
 TRANSITIONS: tuple[TransitionRule, ...] = (
     TransitionRule("send_oauth", (State.REQUESTED,), State.OAUTH_SENT, Effect.CONNECT),
     TransitionRule("mark_pending", (State.REQUESTED, State.OAUTH_SENT), State.PENDING),
-    TransitionRule("start", (State.PENDING,), State.WARMING, Effect.START),
+    TransitionRule("start", (State.PENDING,), State.WARMING, Effect.START, effect_optional=True),
     TransitionRule("resume", (State.PAUSED,), State.WARMING, Effect.RESUME, effect_optional=True),
     TransitionRule(
         "resume", (State.PENDING,), State.WARMING, Effect.RESUME,
