@@ -92,16 +92,26 @@ def postgres_url() -> Iterator[str]:
 
 
 # -- Mailivery: the simulator over real loopback HTTP ------------------------------------------
+# The simulator itself is the one our pytest plugin (mailbox_flow.testing) gives partners: one
+# server for the session, reset before every test. Ours accepts our API key and, unless a test
+# wires a real receiver, posts its webhooks to a receiver that just answers 200 (most tests feed
+# the captured bodies to flow.handle_webhook themselves).
 
 
 @pytest.fixture(scope="session")
-def _sim_server() -> Iterator[Any]:
-    """One simulator for the session, sending its webhooks to a receiver that just answers 200."""
+def mailivery_api_key() -> str:
+    """Our tests' API key (overrides the plugin's default, so every reset restores it)."""
+    return API_KEY
+
+
+@pytest.fixture(scope="session")
+def _null_receiver() -> Iterator[str]:
+    """The URL of a webhook receiver that reads the body and answers 200."""
     from starlette.applications import Starlette
     from starlette.responses import Response
     from starlette.routing import Route
 
-    from mailbox_flow.simulator import Simulator, SimulatorServer, serve_in_thread
+    from mailbox_flow.simulator import serve_in_thread
 
     async def hook(_request: Any) -> Response:
         await _request.body()
@@ -110,19 +120,22 @@ def _sim_server() -> Iterator[Any]:
     receiver_url, stop_receiver = serve_in_thread(
         Starlette(routes=[Route("/hook", hook, methods=["POST"])]), "127.0.0.1", 0
     )
-    server = SimulatorServer(Simulator(api_key=API_KEY, webhook_url=f"{receiver_url}/hook"))
-    server.start()
-    yield server
-    server.stop()
+    yield f"{receiver_url}/hook"
     stop_receiver()
 
 
+@pytest.fixture(scope="session")
+def _sim_server(mailivery_server: Any) -> Any:
+    """The plugin's session simulator server (``mailivery_server``)."""
+    return mailivery_server
+
+
 @pytest.fixture
-def sim(_sim_server: Any) -> Iterator[Any]:
+def sim(mailivery_sim: Any, _null_receiver: str) -> Iterator[Any]:
     """The simulator, reset for this test (no campaigns, no calls, no faults)."""
-    _sim_server.sim.reset()
-    yield _sim_server.sim
-    _sim_server.sim.wait_for_webhooks()
+    mailivery_sim.webhook_url = _null_receiver
+    yield mailivery_sim
+    mailivery_sim.wait_for_webhooks()
 
 
 @pytest.fixture

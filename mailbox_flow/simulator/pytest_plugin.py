@@ -1,26 +1,35 @@
-"""pytest fixtures for partners' tests.
+"""Kept for compatibility: the partner fixtures live in `mailbox_flow.testing`.
 
-Enable with ``pytest_plugins = ["mailbox_flow.simulator.pytest_plugin"]`` in a root conftest.py.
-
-``mailivery_simulator`` yields a started `SimulatorServer` (fresh state per test): point your
-`MailiveryClient` at ``server.api_url`` with ``server.sim.api_key``, set ``server.sim.webhook_url``
-to your webhook endpoint, and drive consents and faults through ``server.sim``.
+That module is a pytest plugin registered by the ``pytest11`` entry point, so its fixtures
+(``mailivery_sim``, ``mailivery_simulator``, ``mailbox_flow``, ...) are available without this
+import. ``pytest_plugins = ["mailbox_flow.simulator.pytest_plugin"]`` keeps working (it registers
+the same fixtures) for environments that disable plugin autoloading.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from mailbox_flow.testing import (
+    _mailbox_flow_receiver,
+    mailbox_flow,
+    mailbox_flow_db,
+    mailbox_flow_webhook_secret,
+    mailivery_api_key,
+    mailivery_client,
+    mailivery_server,
+    mailivery_sim,
+    mailivery_simulator,
+    wait_for_state,
+)
 
-import pytest
-
-from mailbox_flow.simulator.server import SimulatorServer
-from mailbox_flow.simulator.state import Simulator
-
-__all__ = ["mailivery_simulator"]
-
-
-@pytest.fixture
-def mailivery_simulator() -> Iterator[SimulatorServer]:
-    """A Mailivery simulator served on a free loopback port for one test."""
-    with SimulatorServer(Simulator()) as server:
-        yield server
+__all__ = [
+    "_mailbox_flow_receiver",
+    "mailbox_flow",
+    "mailbox_flow_db",
+    "mailbox_flow_webhook_secret",
+    "mailivery_api_key",
+    "mailivery_client",
+    "mailivery_server",
+    "mailivery_sim",
+    "mailivery_simulator",
+    "wait_for_state",
+]
