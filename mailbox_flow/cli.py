@@ -1,72 +1,339 @@
-"""The ``mailbox-flow`` command line: thin commands over the library (Typer + Rich)."""
+"""The ``mailbox-flow`` command line: thin commands over the library (Typer + Rich).
+
+Configuration comes from `Settings` (``MAILBOX_FLOW_*`` environment variables, or a ``.env`` file) and
+``--database-url``. Every command exits 2 with a one-line ``error: ...`` on stderr when it cannot do
+its job (bad input or configuration, database or Mailivery unavailable), never with a traceback.
+``reconcile`` exits 0 when everything is in order and 1 when findings remain.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from .audit import configure_logging
-from .errors import MailboxFlowError
+from .errors import MailboxFlowError, MailboxNotFound, StorageError
 from .flow import MailboxFlow
+from .models import utcnow
 from .settings import Settings
+from .types import Mailbox, Outcome, Source
+from .web import DEFAULT_MAX_BODY_BYTES
+
+if TYPE_CHECKING:
+    from .reconcile import ReconcileReport
 
 __all__ = ["app", "main", "parse_duration"]
 
 app = typer.Typer(
     name="mailbox-flow",
-    help="Connect Microsoft/Outlook mailboxes to Mailivery warmup, correctly by construction.",
+    help="Connect Microsoft/Outlook mailboxes to Mailivery warmup, correctly by construction.\n\n"
+    "Settings come from MAILBOX_FLOW_* environment variables (or a .env file) and --database-url.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets
+    rich_markup_mode="markdown",
 )
+db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
+webhook_app = typer.Typer(help="Receive Mailivery's webhooks, or process stored ones again.",
+                          no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(webhook_app, name="webhook")
+
 console = Console()
 err_console = Console(stderr=True)
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_duration(text: str) -> timedelta:
-    """``90m``, ``1h``, ``7d``, ``30s``, ``2w`` → timedelta (typer.BadParameter otherwise)."""
-    match = _DURATION.match(text)
-    if not match:
+    """``90m``, ``1h``, ``7d``, ``30s``, ``2w``, ``1h30m`` → timedelta (`typer.BadParameter` otherwise)."""
+    compact = re.sub(r"\s+", "", text or "").lower()
+    if not compact or _DURATION_PART.sub("", compact):
         raise typer.BadParameter(f"{text!r} is not a duration such as 90m, 1h or 7d")
-    return timedelta(**{_UNITS[match.group(2).lower()]: float(match.group(1))})
+    try:
+        return sum(
+            (timedelta(**{_UNITS[unit]: float(number)})
+             for number, unit in _DURATION_PART.findall(compact)),
+            timedelta(0),
+        )
+    except OverflowError:
+        raise typer.BadParameter(f"{text!r} is too long a duration") from None
 
 
-def _flow(database_url: str | None) -> MailboxFlow:
+# -- plumbing ----------------------------------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    """Print one ``error:`` line on stderr and exit 2."""
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _settings_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        name = "_".join(str(part) for part in error.get("loc", ())).upper()
+        problems.append(f"MAILBOX_FLOW_{name}: {error.get('msg', 'invalid')}")
+    return "bad configuration: " + "; ".join(problems)
+
+
+@contextmanager
+def _guard(on_error: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Turn the errors a command can meet into one clear line and exit status 2."""
+    message: str
+    try:
+        yield
+        return
+    except typer.BadParameter as exc:
+        message = exc.message
+    except MailboxFlowError as exc:
+        message = str(exc) or type(exc).__name__
+    except ValidationError as exc:
+        message = _settings_error(exc)
+    except ArgumentError:
+        message = "the database URL is not a valid SQLAlchemy URL"
+    except SQLAlchemyError as exc:
+        message = f"database error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    except OSError as exc:
+        message = f"{type(exc).__name__}: {exc}"
+    if on_error is not None:
+        on_error(message)
+    _fail(message)
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+@contextmanager
+def _open_flow(database_url: str | None) -> Iterator[MailboxFlow]:
+    """A flow from the settings (and ``--database-url``), logging to stderr, closed afterwards."""
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    return MailboxFlow(database_url, settings=settings)
+    flow = MailboxFlow(database_url, settings=settings)
+    try:
+        yield flow
+    except StorageError as exc:
+        raise StorageError(f"{exc} (database {_safe_url(flow.database_url)})") from exc
+    finally:
+        flow.close()
+
+
+def _duration(option: str, value: str | None) -> timedelta | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except typer.BadParameter as exc:
+        raise typer.BadParameter(f"{option}: {exc.message}") from None
+
+
+def _age(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {seconds}s"
+    return f"{seconds}s"
+
+
+def _write_json(target: str, document: dict[str, Any]) -> None:
+    """Write ``document`` to stdout (``-``) or atomically to a file (readers never see half of it)."""
+    text = json.dumps(document, indent=2, sort_keys=False) + "\n"
+    if target == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    path = Path(target)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 DatabaseOption = Annotated[
     str | None,
-    typer.Option("--database-url", envvar="MAILBOX_FLOW_DATABASE_URL",
+    typer.Option("--database-url", envvar="MAILBOX_FLOW_DATABASE_URL", show_envvar=True,
                  help="SQLAlchemy URL of the database (default: sqlite:///mailbox_flow.db)."),
 ]
+
+
+# -- reconcile ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def reconcile(
+    stuck_after: Annotated[str | None, typer.Option(
+        help="A mailbox pending for longer than this is stuck (90m, 1h, 7d, 1h30m). "
+        "Default: MAILBOX_FLOW_STUCK_AFTER, else 1h.")] = None,
+    expire_after: Annotated[str | None, typer.Option(
+        help="An OAuth not completed after this is abandoned. "
+        "Default: MAILBOX_FLOW_EXPIRE_AFTER, else 7d.")] = None,
+    remote: Annotated[bool, typer.Option(
+        help="Also compare with Mailivery's campaign list (lost webhooks, never-started warmups, "
+        "status drift, missing and orphan campaigns).")] = False,
+    fix: Annotated[bool, typer.Option(
+        help="Heal what is safe to heal (re-reading each campaign at Mailivery first); "
+        "without it nothing is changed but the mailboxes' flags.")] = False,
+    delete_orphans: Annotated[bool, typer.Option(
+        help="With --fix --remote: delete campaigns nobody asked for that are still pending "
+        "at Mailivery (recorded as rejected mailboxes first).")] = False,
+    json_path: Annotated[str | None, typer.Option(
+        "--json", metavar="PATH|-",
+        help="Also write the report as JSON to PATH ('-': to stdout instead of the table).")] = None,
+    max_rows: Annotated[int, typer.Option(
+        min=0, help="Findings shown in the table (the JSON report has them all).")] = 50,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Find mailboxes that are not where they should be, and with --fix heal them.
+
+    Looks for interrupted calls (stale intents), webhook deliveries never processed, mailboxes stuck
+    in pending, abandoned OAuth, and with --remote the drift between our records and Mailivery.
+
+    Exit status: 0 clean, 1 findings remain, 2 error (bad input or configuration, database or
+    Mailivery unavailable).
+    """
+
+    def error_document(message: str) -> None:
+        if json_path:
+            with suppress(OSError):
+                _write_json(json_path, {"schema": 1, "clean": False, "exit_code": 2,
+                                        "errors": [message], "findings": []})
+
+    with _guard(error_document):
+        stuck = _duration("--stuck-after", stuck_after)
+        expire = _duration("--expire-after", expire_after)
+        if delete_orphans and not (fix and remote):
+            raise typer.BadParameter("--delete-orphans needs --fix and --remote")
+        with _open_flow(database_url) as flow:
+            show_progress = console.is_terminal and json_path != "-"
+            with _progress(show_progress) as progress:
+                report = flow.reconcile(stuck_after=stuck, expire_after=expire, remote=remote,
+                                        fix=fix, delete_orphans=delete_orphans, progress=progress)
+        if json_path:
+            _write_json(json_path, report.to_dict())
+    _print_report(report, to_stdout=json_path != "-", max_rows=max_rows)
+    if json_path and json_path != "-":
+        err_console.print(f"report written to {escape(json_path)}", highlight=False)
+    raise typer.Exit(report.exit_code)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int], None] | None]:
+    """A spinner with the phase and the rows examined, on a terminal only."""
+    if not enabled:
+        yield None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("scanning", total=None)
+        shown = [""]
+
+        def update(phase: str, rows: int) -> None:
+            if rows % 250 == 0 or phase != shown[0]:  # a screen refresh is slower than a row
+                shown[0] = phase
+                bar.update(task, description=f"{phase}: {rows:,} examined")
+
+        yield update
+
+
+def _print_report(report: ReconcileReport, *, to_stdout: bool, max_rows: int) -> None:
+    out = console if to_stdout else err_console
+    for error in report.errors:
+        err_console.print(f"[red]error:[/red] {escape(error)}", highlight=False, soft_wrap=True)
+    if not report.findings:
+        out.print("[green]clean: nothing to report[/green]" if not report.errors
+                  else "nothing found (the run was incomplete: see the errors)")
+        return
+    summary = Table("reason", "action", "count", title="Reconcile summary", title_justify="left")
+    pairs: dict[tuple[str, str], int] = {}
+    for f in report.findings:
+        key = (f.reason.value, f.action.value)
+        pairs[key] = pairs.get(key, 0) + 1
+    for (reason, action), count in sorted(pairs.items()):
+        summary.add_row(reason, action, str(count))
+    if to_stdout and max_rows:
+        table = Table("reason", "action", "email", "state", "age", "campaign", "detail")
+        for f in report.findings[:max_rows]:
+            state = f.state.value if f.state else ""
+            if f.state_after:
+                state += f" → {f.state_after.value}"
+            table.add_row(f.reason.value, f.action.value, f.email or "", state, _age(f.age),
+                          str(f.campaign_id or ""), escape((f.detail or "")[:80]))
+        out.print(table)
+        if len(report.findings) > max_rows:
+            out.print(f"… and {len(report.findings) - max_rows} more (see --json)")
+    out.print(summary)
+    verdict = "[green]clean[/green]" if report.clean else f"[yellow]{len(report.open_findings)} open[/yellow]"
+    out.print(f"{len(report.findings)} findings, {verdict}; scanned {sum(report.scanned.values())} rows"
+              f"{'' if report.fix else ' (dry run: add --fix to heal)'}")
+
+
+# -- mailboxes ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def connect(
+    owner: Annotated[str, typer.Option(help="Your id for the mailbox's owner (user, account...).")],
+    email: Annotated[str, typer.Option(help="The Microsoft/Outlook address to connect.")],
+    first_name: Annotated[str, typer.Option(help="The mailbox owner's first name.")],
+    last_name: Annotated[str | None, typer.Option(help="The mailbox owner's last name.")] = None,
+    emails_per_day: Annotated[int, typer.Option(help="Warmup emails per day (0-2000).")] = 40,
+    response_rate: Annotated[int, typer.Option(help="Warmup response rate in percent (0-100).")] = 30,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Request a connection: record the mailbox, ask Mailivery for its OAuth URL and print it.
+
+    Send the mailbox owner to the printed URL; after consent Mailivery posts the webhook that
+    starts the warmup.
+    """
+    with _guard(), _open_flow(database_url) as flow:
+        mailbox = flow.request_connection(
+            owner_id=owner, email=email, first_name=first_name, last_name=last_name,
+            emails_per_day=emails_per_day, response_rate=response_rate, source=Source.CLI,
+        )
+    err_console.print(f"mailbox {mailbox.id} ({escape(mailbox.email)}) is {mailbox.state.value}; "
+                      "send its owner to this URL to consent:", highlight=False)
+    typer.echo(mailbox.oauth_url or "")
 
 
 @app.command("list")
 def list_mailboxes(
     state: Annotated[str | None, typer.Option(help="Only mailboxes in this state.")] = None,
     owner: Annotated[str | None, typer.Option(help="Only mailboxes of this owner id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     database_url: DatabaseOption = None,
 ) -> None:
     """List mailboxes, oldest first."""
-    try:
-        with _flow(database_url) as flow:
-            mailboxes = flow.list(state=state, owner_id=owner)
-    except MailboxFlowError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    with _guard(), _open_flow(database_url) as flow:
+        mailboxes = flow.list(state=state, owner_id=owner)
+    if as_json:
+        _write_json("-", {"mailboxes": [mb.to_dict() for mb in mailboxes]})
+        return
     table = Table("id", "email", "state", "campaign", "owner", "changed")
     for mb in mailboxes:
         table.add_row(str(mb.id), mb.email, mb.state.value, str(mb.campaign_id or ""),
@@ -74,38 +341,183 @@ def list_mailboxes(
     console.print(table)
 
 
+def _lookup(flow: MailboxFlow, key: str) -> Mailbox:
+    if "@" in key:
+        found = flow.find_by_email(key)
+        if found is None:
+            raise MailboxNotFound(key)
+        return found
+    return flow.get(key)
+
+
 @app.command()
-def reconcile(
-    stuck_after: Annotated[str, typer.Option(help="Pending longer than this is stuck.")] = "1h",
-    expire_after: Annotated[str, typer.Option(help="OAuth older than this is abandoned.")] = "7d",
-    remote: Annotated[bool, typer.Option(help="Also compare with Mailivery's campaign list.")] = False,
-    fix: Annotated[bool, typer.Option(help="Heal what is safe to heal.")] = False,
-    json_path: Annotated[str | None, typer.Option("--json", help="Write the report as JSON "
-                                                  "to PATH ('-' for stdout).")] = None,
+def show(
+    mailbox: Annotated[str, typer.Argument(help="A mailbox id (UUID) or an email address.",
+                                           metavar="ID|EMAIL")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     database_url: DatabaseOption = None,
 ) -> None:
-    """Find mailboxes stuck in pending, abandoned OAuth and unprocessed deliveries.
+    """Show one mailbox and its audit trail as a timeline (an email shows its live or latest one)."""
+    with _guard(), _open_flow(database_url) as flow:
+        found = _lookup(flow, mailbox)
+        trail = flow.history(found.id)
+    if as_json:
+        _write_json("-", {
+            "mailbox": found.to_dict(),
+            "history": [
+                {"at": e.at.isoformat(), "trigger": e.trigger, "from_state": e.from_state.value,
+                 "to_state": e.to_state.value, "source": e.source.value, "request_id": e.request_id,
+                 "detail": e.detail}
+                for e in trail
+            ],
+        })
+        return
+    fields = Table.grid(padding=(0, 2))
+    for key, value in found.to_dict().items():
+        if value is not None:
+            fields.add_row(f"[bold]{key}[/bold]", escape(str(value)))
+    console.print(fields)
+    timeline = Table(title="Timeline", title_justify="left")
+    for column in ("when", "transition", "trigger", "source"):
+        timeline.add_column(column, no_wrap=True)
+    timeline.add_column("request id", overflow="fold", min_width=36)  # quoted to Mailivery's support
+    timeline.add_column("detail")
+    timeline.add_row(found.created_at.strftime("%Y-%m-%d %H:%M:%S"), "● requested", "created",
+                     "", "", "")
+    for e in trail:
+        detail = ", ".join(f"{k}={v}" for k, v in e.detail.items())
+        timeline.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"),
+                         f"{e.from_state.value} → {e.to_state.value}", e.trigger, e.source.value,
+                         e.request_id or "", escape(detail[:80]))
+    console.print(timeline)
 
-    Exit status: 0 clean, 1 findings remain, 2 error.
+
+# -- schema, diagram, states -------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseOption = None) -> None:
+    """Create the tables and indexes that do not exist yet.
+
+    For now this is flow.create_schema() (it never alters an existing table); Alembic migrations,
+    which upgrade an existing schema in place, arrive with another issue.
     """
-    stuck, expire = parse_duration(stuck_after), parse_duration(expire_after)
-    try:
-        with _flow(database_url) as flow:
-            report = flow.reconcile(stuck_after=stuck, expire_after=expire, remote=remote, fix=fix)
-    except MailboxFlowError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    if json_path == "-":
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    with _guard(), _open_flow(database_url) as flow:
+        flow.create_schema()
+        target = _safe_url(flow.database_url)
+    err_console.print(f"schema ready in {escape(target)}", highlight=False)
+
+
+@app.command()
+def diagram(
+    fmt: Annotated[str, typer.Option("--format", help="mermaid (a stateDiagram-v2), dot, or svg "
+                                     "(svg needs Graphviz).")] = "mermaid",
+    output: Annotated[Path | None, typer.Option("--output", "-o",
+                                                help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the state diagram, generated from the transition table and the shared machine."""
+    from .diagram import FORMATS, render
+
+    with _guard():
+        if fmt not in FORMATS:
+            raise typer.BadParameter(f"--format: choose one of {', '.join(FORMATS)}, not {fmt!r}")
+        try:
+            text = render(fmt)
+        except RuntimeError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        if output is not None:
+            output.write_text(text, encoding="utf-8")
+    if output is None:
+        sys.stdout.write(text)
     else:
-        if json_path:
-            Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-        table = Table("reason", "action", "email", "state", "age", "detail")
-        for f in report.findings:
-            table.add_row(f.reason, f.action, f.email or "", f.state.value if f.state else "",
-                          str(f.age).split(".")[0], (f.detail or "")[:80])
-        console.print(table if report.findings else "[green]clean: nothing to report[/green]")
-    raise typer.Exit(0 if report.clean else 1)
+        err_console.print(f"diagram written to {escape(str(output))}", highlight=False)
+
+
+@app.command()
+def states() -> None:
+    """Print the transition table (trigger, from, to, Mailivery call)."""
+    from .states import TRANSITIONS
+
+    table = Table("trigger", "from", "to", "Mailivery call")
+    for rule in TRANSITIONS:
+        table.add_row(rule.trigger, ", ".join(s.value for s in rule.sources), rule.dest.value,
+                      rule.effect.value if rule.effect else "-")
+    console.print(table)
+
+
+# -- webhooks ----------------------------------------------------------------------------------------
+
+
+@webhook_app.command("serve")
+def webhook_serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    max_body_bytes: Annotated[int, typer.Option(
+        min=1, help="Refuse (413) webhook bodies larger than this.")] = DEFAULT_MAX_BODY_BYTES,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Run the webhook receiver: POST /webhooks/mailivery/{secret} and GET /healthz.
+
+    Needs MAILBOX_FLOW_WEBHOOK_SECRET (the secret path segment configured in Mailivery's admin
+    panel) and MAILBOX_FLOW_MAILIVERY_API_KEY (each campaign is re-read before any warmup call).
+    """
+    from .web import serve
+
+    with _guard(), _open_flow(database_url) as flow:
+        if flow.settings.webhook_secret is None:
+            raise typer.BadParameter("set MAILBOX_FLOW_WEBHOOK_SECRET: without it every delivery "
+                                     "would be refused")
+        flow.client  # noqa: B018 - a missing API key fails now, not on the first webhook
+        err_console.print(f"receiving webhooks on http://{host}:{port}/webhooks/mailivery/<secret>",
+                          highlight=False)
+        serve(flow, host, port, max_body_bytes=max_body_bytes)
+
+
+@webhook_app.command("replay")
+def webhook_replay(
+    ids: Annotated[list[int] | None, typer.Option(
+        "--id", help="A stored delivery to process again (repeat for several).")] = None,
+    replay_all: Annotated[bool, typer.Option(
+        "--all", help="Every delivery that failed, or was received and never processed.")] = False,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Process stored webhook deliveries again (ones that failed or were never processed).
+
+    Exit status: 0 when each is now handled, 1 when some still wait (Mailivery unreachable, or the
+    warmup call refused), 2 on error.
+    """
+    rows: list[tuple[str, ...]] = []
+    waiting = 0
+    with _guard(), _open_flow(database_url) as flow:
+        if not ids and not replay_all:
+            raise typer.BadParameter("give --id N (repeatable) or --all")
+        targets = list(ids or [])
+        if replay_all:
+            settled = utcnow() - flow.lease
+            targets += [d.id for d in flow.deliveries("failed")]
+            targets += [d.id for d in flow.deliveries("received") if d.received_at < settled]
+        for delivery_id in dict.fromkeys(targets):
+            stored = flow.store.get_delivery(delivery_id)
+            if stored is None:
+                raise typer.BadParameter(f"--id: no stored delivery {delivery_id}")
+            if stored.status not in ("failed", "received"):
+                rows.append((str(delivery_id), stored.event_type or "", str(stored.campaign_id or ""),
+                             f"skipped ({stored.status})", "", "already handled"))
+                continue
+            result = flow.reprocess_delivery(delivery_id)
+            if result.outcome in (Outcome.DEFERRED, Outcome.PENDING):
+                waiting += 1
+            rows.append((str(delivery_id), stored.event_type or "", str(stored.campaign_id or ""),
+                         result.outcome.value, result.mailbox.state.value if result.mailbox else "",
+                         escape((result.detail or "")[:80])))
+    table = Table("delivery", "event", "campaign", "outcome", "mailbox state", "detail")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table if rows else "nothing to replay")
+    raise typer.Exit(1 if waiting else 0)
+
+
+# -- simulator and demo ------------------------------------------------------------------------------
 
 
 @app.command()
@@ -123,17 +535,17 @@ def simulate(
 
 
 @app.command()
-def states() -> None:
-    """Print the transition table."""
-    from .states import TRANSITIONS
+def demo() -> None:
+    """Run the end-to-end demo against a built-in simulator (no account, no network needed)."""
+    from .demo import run_demo
 
-    table = Table("trigger", "from", "to", "Mailivery call")
-    for rule in TRANSITIONS:
-        table.add_row(rule.trigger, ", ".join(s.value for s in rule.sources), rule.dest.value,
-                      rule.effect.value if rule.effect else "-")
-    console.print(table)
+    raise typer.Exit(run_demo(console))
 
 
 def main() -> None:
     """Entry point of the ``mailbox-flow`` console script."""
-    app()
+    app(prog_name="mailbox-flow")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,9 +5,16 @@ A transition that calls Mailivery runs in three short steps, never holding a tra
 1. *claim*: one guarded UPDATE takes a short lease on the row and records the intent (trigger and the
    request id about to be sent);
 2. *effect*: the shared state machine fires the trigger; the Mailivery call is the transition's own
-   ``before`` callback, so a failing call aborts the transition;
+   ``before`` callback, so a failing call aborts the transition. The call runs under a deadline inside
+   the lease (retries and waits included), so it is over before anyone else may take the mailbox;
 3. *commit*: one transaction moves the state (only if the lease is still ours) and writes the audit row;
    on failure the lease is released with the error and the attempt count instead.
+
+When Mailivery's answer is lost (5xx/429 after the retries, a timeout, a dead worker) nobody knows whether
+the effect happened: the intent stays on the row. After a timeout the lease is even kept for one client
+timeout, as the request may still land. Whoever touches the mailbox next (a new attempt, `recover`, the
+reconciler) re-reads the campaign first and commits without a call when Mailivery already shows the
+effect; only otherwise is the call made again.
 
 Webhooks are unsigned: a delivery is authenticated by the secret in its URL, stored raw, de-duplicated,
 matched to an expected mailbox (normalized email, correlation token, optional partner check) and the
@@ -23,13 +30,15 @@ import json
 import os
 import secrets
 import socket
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
+from ._hashing import email_hash
 from .errors import (
     ConcurrentUpdate,
     ConfigurationError,
@@ -39,6 +48,7 @@ from .errors import (
     MailboxNotFound,
     MailiveryError,
     MailiveryNotFound,
+    MailiveryTransportError,
     MailiveryUnavailable,
     WebhookAuthError,
     WebhookPayloadError,
@@ -52,6 +62,7 @@ from .mailivery import (
     parse_webhook,
     validate_connect,
 )
+from .mailivery.client import call_deadline
 from .models import utcnow
 from .settings import Settings
 from .states import Effect, State, Subject, fire, rule_for
@@ -61,7 +72,7 @@ from .types import AuditEntry, Delivery, Mailbox, Outcome, Source, WebhookResult
 if TYPE_CHECKING:
     from .reconcile import ReconcileReport
 
-__all__ = ["ExpectCheck", "MailboxFlow"]
+__all__ = ["ExpectCheck", "MailboxFlow", "Recovery"]
 
 log = structlog.get_logger("mailbox_flow")
 
@@ -72,6 +83,23 @@ _ONCE_PER_CAMPAIGN = frozenset({"campaign.pending", "campaign.created", "campaig
 _CONNECTED = frozenset({"campaign.pending", "campaign.created"})
 _REPEAT_WINDOW_SECONDS = 600
 _MAX_BACKOFF = timedelta(hours=1)
+#: Share of a claim's lease its Mailivery call may use (retries and waits included), so that no call
+#: of a worker is still in flight when its lease expires and another worker may take the mailbox over.
+_LEASE_USABLE = 0.8
+
+
+class Recovery(NamedTuple):
+    """What `MailboxFlow.recover` did with a mailbox's interrupted side effect.
+
+    ``action``: ``"none"`` (no intent to recover), ``"completed"`` (Mailivery shows the effect: the
+    transition was committed without a call), ``"retried"`` (it did not: the call was made again and
+    worked), ``"cleared"`` (nothing to repeat: the intent was dropped), ``"failed"`` (the repeated call,
+    or the campaign, says no: state unchanged, error recorded on the mailbox).
+    """
+
+    action: str
+    mailbox: Mailbox
+    detail: str | None = None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -84,7 +112,9 @@ class MailboxFlow:
     ``MailboxFlow(database_url=..., client=MailiveryClient(...), webhook_secret=...)``; anything not given
     is read from `Settings` (``MAILBOX_FLOW_*`` variables). ``expect`` is an optional partner check run on
     every webhook match; ``orphan_policy`` says what to do at Mailivery with campaigns nobody asked for
-    (``"keep"`` them pending, which costs nothing, or ``"delete"`` them).
+    (``"keep"`` them pending, which costs nothing, or ``"delete"`` them). ``hash_emails_in_logs``
+    (default: ``Settings.log_hash_emails``) logs a keyed hash of each address (``email_hash``) instead of
+    the address itself, keyed with ``Settings.log_email_salt`` or else the webhook secret.
     """
 
     def __init__(
@@ -98,6 +128,7 @@ class MailboxFlow:
         orphan_policy: str | None = None,
         lease: timedelta | None = None,
         worker_id: str | None = None,
+        hash_emails_in_logs: bool | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.database_url = database_url or self.settings.database_url
@@ -122,6 +153,19 @@ class MailboxFlow:
         self.orphan_policy = policy
         self.lease = lease or timedelta(seconds=self.settings.lease_seconds)
         self.worker_id = worker_id or f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        hash_emails = (
+            self.settings.log_hash_emails if hash_emails_in_logs is None else hash_emails_in_logs
+        )
+        self._email_key: bytes | None = None
+        if hash_emails:
+            salt = self.settings.log_email_salt
+            key = salt.get_secret_value() if salt is not None else self._webhook_secret
+            if not key:
+                raise ConfigurationError(
+                    "hashing emails in logs needs a key: set MAILBOX_FLOW_LOG_EMAIL_SALT "
+                    "(or a webhook secret)"
+                )
+            self._email_key = key.encode("utf-8")
 
     def __repr__(self) -> str:
         return f"MailboxFlow(dialect={self.store.dialect!r}, worker_id={self.worker_id!r})"
@@ -296,8 +340,17 @@ class MailboxFlow:
         expire_after: timedelta | None = None,
         remote: bool = False,
         fix: bool = False,
+        delete_orphans: bool = False,
+        *,
+        progress: Callable[[str, int], None] | None = None,
     ) -> ReconcileReport:
-        """Find mailboxes that are not where they should be; with ``fix`` heal what is safe to heal."""
+        """Find mailboxes that are not where they should be; with ``fix`` heal what is safe to heal.
+
+        ``stuck_after``/``expire_after`` default to the settings (1 hour, 7 days). ``remote`` also
+        compares with Mailivery's campaign list; ``delete_orphans`` (with ``fix`` and ``remote``) deletes
+        campaigns nobody asked for that are still pending there. ``progress(phase, rows)`` is called as
+        the scan advances. See `mailbox_flow.reconcile` for the reasons, the actions and the guarantees.
+        """
         from .reconcile import reconcile
 
         return reconcile(
@@ -306,6 +359,8 @@ class MailboxFlow:
             expire_after=expire_after if expire_after is not None else self.settings.expire_after,
             remote=remote,
             fix=fix,
+            delete_orphans=delete_orphans,
+            progress=progress,
         )
 
     # -- the transition engine -------------------------------------------------------------------
@@ -322,8 +377,16 @@ class MailboxFlow:
         values: dict[str, Any] | None = None,
         values_from_result: Callable[[Any], dict[str, Any]] | None = None,
         detail: dict[str, Any] | None = None,
+        remote_checked: bool = False,
     ) -> Mailbox:
-        """Run ``trigger`` on ``mailbox``: validate, claim, call Mailivery, commit and audit."""
+        """Run ``trigger`` on ``mailbox``: validate, claim, call Mailivery, commit and audit.
+
+        The call runs under a deadline inside the claim's lease (`call_deadline`), so it is over before
+        another worker may take the mailbox. When the mailbox still carries the intent of an earlier
+        attempt whose outcome is unknown (its worker died, or Mailivery's answer was lost), the campaign
+        is re-read first and, if Mailivery already shows the effect, the transition is committed without
+        calling again; ``remote_checked`` says the caller has just read the campaign itself.
+        """
         rule = rule_for(trigger, mailbox.state)
         if rule is None:
             raise InvalidTransition(trigger, mailbox.state.value, mailbox.id)
@@ -348,6 +411,7 @@ class MailboxFlow:
 
         effect_call = call or self._effect_call(mailbox, rule.effect)
         request_id = str(uuid.uuid4())
+        started = time.monotonic()
         claimed = self.store.claim(
             mailbox,
             owner=self.worker_id,
@@ -357,32 +421,140 @@ class MailboxFlow:
         )
         if claimed is None:
             raise ConcurrentUpdate(mailbox.id, trigger)
-        subject = Subject(
-            claimed.state,
-            run_effect=lambda _effect: effect_call(request_id),
-            warmed_before=warmed,
-        )
-        try:
-            to_state = fire(trigger, subject, claimed.id)
-        except MailiveryError as exc:
-            self._record_failure(claimed, trigger, exc, request_id, source)
-            raise
-        except BaseException as exc:
-            self._record_failure(claimed, trigger, exc, request_id, source, keep_intent=True)
-            raise
+        with call_deadline(started + self.lease.total_seconds() * _LEASE_USABLE):
+            if (
+                mailbox.intent_trigger is not None
+                and not remote_checked
+                and call is None
+                and mailbox.campaign_id is not None
+            ):
+                try:
+                    seen = _effect_seen(rule.effect, self._read_campaign(mailbox.campaign_id))
+                except BaseException as exc:
+                    self._record_failure(claimed, trigger, exc, request_id, source, keep_intent=True)
+                    raise
+                if seen:  # no call: the audit row names the earlier intent's request id instead
+                    detail.update(effect_seen_at_mailivery=True,
+                                  intent_trigger=mailbox.intent_trigger,
+                                  intent_request_id=mailbox.intent_request_id)
+                    to_state = fire(
+                        trigger,
+                        Subject(claimed.state, skip_effect=True, warmed_before=warmed),
+                        claimed.id,
+                    )
+                    return self._commit(mailbox, claimed, to_state, trigger, source, None,
+                                        detail, dict(values or {}))
+            subject = Subject(
+                claimed.state,
+                run_effect=lambda _effect: effect_call(request_id),
+                warmed_before=warmed,
+            )
+            try:
+                to_state = fire(trigger, subject, claimed.id)
+            except MailiveryError as exc:
+                self._record_failure(claimed, trigger, exc, request_id, source)
+                raise
+            except BaseException as exc:
+                self._record_failure(claimed, trigger, exc, request_id, source, keep_intent=True)
+                raise
         new_values = dict(values or {})
         if values_from_result is not None:
             new_values.update(values_from_result(subject.effect_result))
         if isinstance(subject.effect_result, dict) and subject.effect_result.get("already_gone"):
             detail["remote_missing"] = True
+        return self._commit(mailbox, claimed, to_state, trigger, source, request_id, detail,
+                            new_values)
+
+    def _commit(
+        self,
+        before: Mailbox,
+        claimed: Mailbox,
+        to_state: State,
+        trigger: str,
+        source: Source,
+        request_id: str | None,
+        detail: dict[str, Any],
+        values: dict[str, Any],
+    ) -> Mailbox:
+        """Move a claimed mailbox to ``to_state`` (only while the claim is still ours) and log it."""
         moved = self.store.transition(
             claimed, to_state=to_state, trigger=trigger, source=source, request_id=request_id,
-            detail=detail, lease_owner=self.worker_id, values=new_values,
+            detail=detail, lease_owner=self.worker_id, values=values,
         )
         if moved is None:  # our lease ran out and someone else took the row meanwhile
-            raise ConcurrentUpdate(mailbox.id, trigger)
-        self._log_transition(mailbox, moved, trigger, source, request_id)
+            raise ConcurrentUpdate(before.id, trigger)
+        self._log_transition(before, moved, trigger, source, request_id)
         return moved
+
+    def recover(self, mailbox_id: uuid.UUID | str, *, source: Source = Source.RECONCILER) -> Recovery:
+        """Finish a side effect that was interrupted: its worker died, or Mailivery's answer was lost.
+
+        Such a mailbox still carries its *intent* (trigger and request id, recorded with the claim) once
+        nobody holds its lease. The campaign is re-read at Mailivery first: when the effect is already
+        there (start/resume: active; pause: paused; delete: gone) the transition is committed without a
+        call; otherwise the call is made again, once (a ``pending`` mailbox is verified like a webhook
+        match and started, or resumed when Mailivery shows it paused). An interrupted connect is not
+        repeated (the partner's next `request_connection` does it, or the reconciler expires it): its
+        intent is cleared. Returns a `Recovery`; raises `ConcurrentUpdate` while a worker holds the
+        lease and `MailiveryUnavailable` when Mailivery cannot be asked (the intent is kept).
+        """
+        mailbox = self.get(mailbox_id)
+        trigger = mailbox.intent_trigger
+        if trigger is None:
+            return Recovery("none", mailbox)
+        if mailbox.lease_until is not None and mailbox.lease_until > utcnow():
+            raise ConcurrentUpdate(mailbox.id, trigger)
+        rule = rule_for(trigger, mailbox.state)
+        if (
+            rule is None
+            or rule.effect is None
+            or rule.effect is Effect.CONNECT
+            or mailbox.campaign_id is None
+        ):
+            reason = (
+                "interrupted connect: the next request_connection retries it"
+                if rule is not None and rule.effect is Effect.CONNECT
+                else f"nothing to repeat for {trigger!r} from {mailbox.state.value}"
+            )
+            return Recovery("cleared", self._clear_intent(mailbox, reason), reason)
+        campaign = self._read_campaign(mailbox.campaign_id)
+        effect = rule.effect
+        if campaign is None and effect is not Effect.DELETE:
+            self.store.flag(mailbox.id, "remote_missing")
+            reason = "campaign not found at Mailivery"
+            return Recovery("failed", self._clear_intent(mailbox, reason), reason)
+        if campaign is not None and campaign.email != mailbox.email:
+            self.store.flag(mailbox.id, "remote_email_mismatch")
+            return Recovery("failed", self.get(mailbox.id), "campaign email does not match")
+        warmed = mailbox.warmed_at is not None
+        if mailbox.state is State.PENDING and effect in (Effect.START, Effect.RESUME):
+            assert campaign is not None
+            warmed = warmed or campaign.lifecycle == "paused"
+            trigger = "resume" if warmed else "start"
+            effect = Effect.RESUME if warmed else Effect.START
+        detail: dict[str, Any] = {"recovered_intent": mailbox.intent_trigger}
+        if _effect_seen(effect, campaign):
+            detail["effect_seen_at_mailivery"] = True
+            detail["intent_request_id"] = mailbox.intent_request_id
+            after = self._apply(mailbox, trigger, source=source, skip_effect=True,
+                                warmed_before=warmed, detail=detail)
+            return Recovery("completed", after)
+        try:
+            after = self._apply(mailbox, trigger, source=source, warmed_before=warmed,
+                                detail=detail, remote_checked=True)
+        except MailiveryUnavailable:
+            raise
+        except MailiveryError as exc:
+            return Recovery("failed", self.get(mailbox.id), _error_text(exc))
+        return Recovery("retried", after)
+
+    def _clear_intent(self, mailbox: Mailbox, reason: str) -> Mailbox:
+        cleared = self.store.release(
+            mailbox, lease_owner=None, error=reason, next_attempt_at=None, count_attempt=False
+        )
+        if cleared is None:
+            raise ConcurrentUpdate(mailbox.id, mailbox.intent_trigger or "recover")
+        return cleared
 
     def _effect_call(self, mailbox: Mailbox, effect: Effect) -> Callable[[str], Any]:
         campaign_id = mailbox.campaign_id
@@ -420,6 +592,15 @@ class MailboxFlow:
         # When Mailivery could not be asked we cannot know whether the call took effect: keep the
         # intent so that the reconciler re-reads the campaign before trying again.
         keep = keep_intent or isinstance(exc, MailiveryUnavailable)
+        # After a timeout or a broken connection the request may still be running at Mailivery, and
+        # a re-read now could not see its effect yet: keep the lease a little longer (one client
+        # timeout) so that nobody re-reads and calls again while it may still land.
+        hold_until = None
+        rule = rule_for(trigger, claimed.state)
+        repeatable = rule is not None and rule.effect is Effect.CONNECT  # it only mints a URL
+        if isinstance(exc, MailiveryTransportError) and not repeatable:
+            grace = timedelta(seconds=float(getattr(self._client, "timeout", 10.0)))
+            hold_until = utcnow() + min(grace, self.lease)
         backoff = min(timedelta(minutes=2 ** min(claimed.attempts, 10)), _MAX_BACKOFF)
         self.store.release(
             claimed,
@@ -427,6 +608,7 @@ class MailboxFlow:
             error=_error_text(exc),
             next_attempt_at=utcnow() + backoff,
             keep_intent=keep,
+            hold_until=hold_until,
         )
         log.warning(
             "mailbox_flow.effect_failed",
@@ -453,9 +635,15 @@ class MailboxFlow:
             source=source.value,
             request_id=request_id,
             campaign_id=after.campaign_id,
-            email=after.email,
             version=after.version,
+            **self._email_fields(after.email),
         )
+
+    def _email_fields(self, email: str) -> dict[str, str]:
+        """``{"email": ...}``, or ``{"email_hash": ...}`` when addresses are hashed in logs."""
+        if self._email_key is None:
+            return {"email": email}
+        return {"email_hash": email_hash(email, self._email_key)}
 
     # -- webhooks --------------------------------------------------------------------------------
 
@@ -650,10 +838,14 @@ class MailboxFlow:
         # Already active at Mailivery (an earlier call took effect but its answer was lost, or someone
         # started it elsewhere): record the transition without calling again.
         already = lifecycle == "active"
+        detail: dict[str, Any] | None = None
+        if already:
+            detail = {"already_active_at_mailivery": True}
+            if mailbox.intent_request_id is not None:  # most likely the call that did it
+                detail["intent_request_id"] = mailbox.intent_request_id
         try:
             warmed = self._apply(mailbox, trigger, source=source, warmed_before=resume,
-                                 skip_effect=already,
-                                 detail={"already_active_at_mailivery": True} if already else None)
+                                 skip_effect=already, remote_checked=True, detail=detail)
         except ConcurrentUpdate:
             raise
         except MailiveryError as exc:
@@ -698,14 +890,14 @@ class MailboxFlow:
             source=Source.WEBHOOK.value,
             request_id=None,
             campaign_id=event.campaign_id,
-            email=orphan.email,
             reason=reason,
+            **self._email_fields(orphan.email),
         )
         if self.orphan_policy == "delete":
             campaign = self._read_campaign(event.campaign_id)
             if campaign is not None and campaign.email == orphan.email:
                 try:
-                    orphan = self._apply(orphan, "delete", source=Source.WEBHOOK,
+                    orphan = self._apply(orphan, "delete", source=Source.WEBHOOK, remote_checked=True,
                                          detail={"reason": "orphan_policy=delete"})
                 except MailiveryError as exc:
                     return Outcome.REJECTED, self.store.get(orphan.id), f"{reason}; {_error_text(exc)}"
@@ -764,13 +956,24 @@ class MailboxFlow:
             reported = campaign.lifecycle == "active"
             try:
                 resumed = self._apply(mailbox, "resume", source=Source.WEBHOOK, skip_effect=reported,
-                                      detail=detail)
+                                      remote_checked=True, detail=detail)
             except MailiveryError as exc:
                 if isinstance(exc, MailiveryUnavailable):
                     raise
                 return Outcome.PAUSED, self.store.get(mailbox.id), _error_text(exc)
             return Outcome.RESUMED, resumed, None
         return Outcome.IGNORED, mailbox, f"campaign is {campaign.status!r}, mailbox {mailbox.state.value}"
+
+
+def _effect_seen(effect: Effect | None, campaign: Campaign | None) -> bool:
+    """True when Mailivery's view of the campaign shows that ``effect`` has already taken place."""
+    if effect in (Effect.START, Effect.RESUME):
+        return campaign is not None and campaign.lifecycle == "active"
+    if effect is Effect.PAUSE:
+        return campaign is not None and campaign.lifecycle == "paused"
+    if effect is Effect.DELETE:
+        return campaign is None or campaign.lifecycle == "deleted"
+    return False  # a connect only mints a URL: nothing to see, repeating it is safe
 
 
 def _parse_id(mailbox_id: uuid.UUID | str) -> uuid.UUID:

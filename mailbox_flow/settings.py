@@ -55,3 +55,12 @@ class Settings(BaseSettings):
         default="console", description="Log rendering at the edges (CLI, examples)."
     )
     log_level: str = Field(default="INFO", description="Log level at the edges.")
+    log_hash_emails: bool = Field(
+        default=False,
+        description="Log a keyed hash of each email address (field email_hash) instead of the address "
+        "(field email), for partners who treat addresses as personal data.",
+    )
+    log_email_salt: SecretStr | None = Field(
+        default=None,
+        description="Per-deployment key of the email hashes in logs; the webhook secret when unset.",
+    )

@@ -364,13 +364,18 @@ class Store:
         next_attempt_at: datetime | None,
         keep_intent: bool = False,
         count_attempt: bool = True,
+        hold_until: datetime | None = None,
     ) -> Mailbox | None:
-        """Give the lease back without moving the state, recording the error and attempt count."""
+        """Give the lease back without moving the state, recording the error and attempt count.
+
+        ``hold_until`` keeps the lease (and its owner) until then instead: after a call whose request
+        may still be running at Mailivery (a timeout), nobody else may act on the mailbox meanwhile.
+        """
         now = utcnow()
         values: dict[str, Any] = {
             "version": MAILBOX.c.version + 1,
-            "lease_owner": None,
-            "lease_until": None,
+            "lease_owner": None if hold_until is None else lease_owner,
+            "lease_until": hold_until,
             "last_error": error,
             "next_attempt_at": next_attempt_at,
             "updated_at": now,
@@ -480,3 +485,124 @@ class Store:
         tables = {"mailbox": MAILBOX, "mailbox_transition": AUDIT, "webhook_delivery": INBOX}
         with self._read() as conn:
             return cast(int, conn.execute(sa.select(sa.func.count()).select_from(tables[table])).scalar())
+
+    # -- streaming scans for the reconciler (keyset pagination: one short read per batch) ----------
+
+    def scan_state(
+        self, state: State, *, changed_before: datetime, batch_size: int = 500
+    ) -> Iterator[Mailbox]:
+        """Mailboxes in ``state`` since before ``changed_before``, oldest first, streamed in batches.
+
+        Each batch is one short read served by the ``(state, state_changed_at)`` index and resumes after
+        the last row of the previous one (keyset pagination), so memory stays bounded by ``batch_size``,
+        no transaction stays open between batches, and rows that leave the state meanwhile are fine.
+        """
+        after: tuple[datetime, uuid.UUID] | None = None
+        while True:
+            query = sa.select(*_MAILBOX_COLS).where(
+                MAILBOX.c.state == State(state).value, MAILBOX.c.state_changed_at < changed_before
+            )
+            if after is not None:
+                query = query.where(
+                    MAILBOX.c.state_changed_at >= after[0],
+                    sa.or_(MAILBOX.c.state_changed_at > after[0], MAILBOX.c.id > after[1]),
+                )
+            query = query.order_by(MAILBOX.c.state_changed_at, MAILBOX.c.id).limit(batch_size)
+            batch = self._batch(query)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = (batch[-1].state_changed_at, batch[-1].id)
+
+    def scan_stale_intents(self, *, now: datetime, batch_size: int = 500) -> Iterator[Mailbox]:
+        """Mailboxes that carry an intent nobody holds (lease expired or released), by id, in batches."""
+        after: uuid.UUID | None = None
+        while True:
+            query = sa.select(*_MAILBOX_COLS).where(
+                MAILBOX.c.intent_trigger.is_not(None), _not_leased(now)
+            )
+            if after is not None:
+                query = query.where(MAILBOX.c.id > after)
+            batch = self._batch(query.order_by(MAILBOX.c.id).limit(batch_size))
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = batch[-1].id
+
+    def scan_linked(self, *, batch_size: int = 500) -> Iterator[Mailbox]:
+        """Mailboxes linked to a Mailivery campaign, by campaign id (its unique index), in batches."""
+        after = 0
+        while True:
+            query = (
+                sa.select(*_MAILBOX_COLS)
+                .where(MAILBOX.c.campaign_id.is_not(None), MAILBOX.c.campaign_id > after)
+                .order_by(MAILBOX.c.campaign_id)
+                .limit(batch_size)
+            )
+            batch = self._batch(query)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = cast(int, batch[-1].campaign_id)
+
+    def scan_deliveries(
+        self, status: str, *, received_before: datetime | None = None, batch_size: int = 500
+    ) -> Iterator[Delivery]:
+        """Deliveries of one status, oldest first, in batches over the (status, received_at) index."""
+        after: tuple[datetime, int] | None = None
+        while True:
+            query = sa.select(*_INBOX_COLS).where(INBOX.c.status == status)
+            if received_before is not None:
+                query = query.where(INBOX.c.received_at < received_before)
+            if after is not None:
+                query = query.where(
+                    INBOX.c.received_at >= after[0],
+                    sa.or_(INBOX.c.received_at > after[0], INBOX.c.id > after[1]),
+                )
+            query = query.order_by(INBOX.c.received_at, INBOX.c.id).limit(batch_size)
+            batch = self._delivery_batch(query)
+            yield from batch
+            if len(batch) < batch_size:
+                return
+            after = (batch[-1].received_at, batch[-1].id)
+
+    @_storage_errors
+    def claim_delivery(self, delivery: Delivery) -> bool:
+        """Take a stored delivery for reprocessing (compare-and-set on its attempt count).
+
+        True when this caller won it: it was still ``received``/``failed`` with the attempt count read
+        before (the claim counts as one attempt). Two reconcilers racing for a delivery: one gets True.
+        """
+        with self._write() as conn:
+            result = conn.execute(
+                sa.update(INBOX)
+                .where(
+                    INBOX.c.id == delivery.id,
+                    INBOX.c.attempts == delivery.attempts,
+                    INBOX.c.status.in_(["received", "failed"]),
+                )
+                .values(attempts=INBOX.c.attempts + 1)
+            )
+            return bool(result.rowcount == 1)
+
+    @_storage_errors
+    def _batch(self, query: sa.Select[Any]) -> list[Mailbox]:
+        with self._read() as conn:
+            return [_to_mailbox(r) for r in conn.execute(query)]
+
+    @_storage_errors
+    def _delivery_batch(self, query: sa.Select[Any]) -> list[Delivery]:
+        with self._read() as conn:
+            return [_to_delivery(r) for r in conn.execute(query)]
+
+    @_storage_errors
+    def flag_many(self, mailbox_ids: Sequence[uuid.UUID], reason: str) -> None:
+        """`flag` for many mailboxes in one transaction (the reconciler's dry runs flag thousands)."""
+        if not mailbox_ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                sa.update(MAILBOX)
+                .where(MAILBOX.c.id.in_(list(mailbox_ids)))
+                .values(flag_reason=reason, flagged_at=utcnow())
+            )

@@ -2,9 +2,14 @@
 
 Every call validates its input before any traffic, carries ``Authorization: Bearer``,
 ``Accept: application/json`` and a request id (the same id on every retry of one call), throttles
-itself with a thread-safe `RateLimiter`, retries 429 / 5xx / transport failures with `stamina`
+itself with a thread-safe `RateLimiter` (one per API key and base URL in a process, shared by every
+client for that key unless one is passed explicitly), retries 429 / 5xx / transport failures with `stamina`
 (exponential backoff with jitter, ``Retry-After`` honoured on 429 and 503) and maps Mailivery's
 ``{code, message}`` envelope to the typed errors of `mailbox_flow.errors`.
+
+A caller that must not have a call in flight after some moment (the flow, whose claim on a mailbox
+expires) wraps it in `call_deadline`: every attempt, retries and waits included, then ends before it,
+each attempt's timeout shrinking to the time left, and no retry starts without time to finish.
 
 One ``mailbox_flow.api_call`` log event is emitted per HTTP attempt; it never carries the API key,
 headers, bodies or any URL returned by Mailivery.
@@ -12,11 +17,14 @@ headers, bodies or any URL returned by Mailivery.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from importlib import metadata
@@ -50,7 +58,14 @@ from .schemas import (
     validate_meta,
 )
 
-__all__ = ["PATHS", "MailiveryClient", "RateLimiter", "parse_retry_after"]
+__all__ = [
+    "PATHS",
+    "MailiveryClient",
+    "RateLimiter",
+    "call_deadline",
+    "parse_retry_after",
+    "shared_rate_limiter",
+]
 
 log = structlog.get_logger("mailbox_flow")
 
@@ -67,6 +82,29 @@ PATHS: Final[Mapping[str, str]] = {
 
 _MAX_ERROR_MESSAGE: Final = 500
 _MAX_REQUEST_ID: Final = 200
+#: An attempt is not started with less time than this left before the caller's deadline.
+_MIN_ATTEMPT_SECONDS: Final = 0.05
+
+_DEADLINE: ContextVar[float | None] = ContextVar("mailbox_flow_call_deadline", default=None)
+
+
+@contextmanager
+def call_deadline(at: float | None) -> Iterator[None]:
+    """Calls made inside must be over before ``at`` (a `time.monotonic` value); None: no deadline.
+
+    Each attempt's timeout shrinks to the time left, a retry (or a ``Retry-After`` wait) that could
+    not finish in time is not started, and the last error is raised instead: `MailiveryTransportError`
+    when not even a first attempt fits. Nested deadlines keep the earliest. Used by the flow so that no
+    call of a worker is still in flight once its claim on the mailbox has expired.
+    """
+    current = _DEADLINE.get()
+    if at is not None and current is not None:
+        at = min(at, current)
+    token = _DEADLINE.set(at if at is not None else current)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _default_user_agent() -> str:
@@ -104,6 +142,17 @@ class RateLimiter:
     def __repr__(self) -> str:
         return f"RateLimiter(rate_per_second={self.rate_per_second!r})"
 
+    def slow_down_to(self, rate_per_second: float) -> None:
+        """Lower the rate to ``rate_per_second`` (a higher value changes nothing)."""
+        if not (isinstance(rate_per_second, int | float) and math.isfinite(rate_per_second)):
+            raise ConfigurationError("rate_per_second must be a finite number")
+        if rate_per_second <= 0:
+            raise ConfigurationError("rate_per_second must be positive")
+        with self._lock:
+            if rate_per_second < self.rate_per_second:
+                self.rate_per_second = float(rate_per_second)
+                self._interval = 1.0 / self.rate_per_second
+
     def acquire(self) -> float:
         """Wait for the next slot; returns the seconds waited (0.0 when none)."""
         with self._lock:
@@ -115,6 +164,49 @@ class RateLimiter:
             self._sleep(wait)
             return wait
         return 0.0
+
+
+_SHARED_LIMITERS: dict[str, RateLimiter] = {}
+_SHARED_LIMITERS_LOCK = threading.Lock()
+
+
+def _limiter_key(api_key: str, base_url: str) -> str:
+    """A digest of (base URL, API key): the registry never holds the key itself."""
+    return hashlib.sha256(f"{base_url.rstrip('/')}\n{api_key.strip()}".encode()).hexdigest()
+
+
+def shared_rate_limiter(
+    api_key: str,
+    base_url: str,
+    rate_per_second: float,
+    *,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> RateLimiter:
+    """The process-wide `RateLimiter` for one API key at one base URL, created on first use.
+
+    Every `MailiveryClient` of the process for the same key and base URL shares it (unless it was given
+    a limiter of its own), so several clients together stay under the rate. When clients ask for
+    different rates the lowest one wins. ``clock``/``sleep`` only apply when the limiter is created
+    (tests use them to drive a fake clock).
+    """
+    key = _limiter_key(api_key, base_url)
+    with _SHARED_LIMITERS_LOCK:
+        limiter = _SHARED_LIMITERS.get(key)
+        if limiter is None:
+            limiter = RateLimiter(
+                rate_per_second, clock=clock or time.monotonic, sleep=sleep or time.sleep
+            )
+            _SHARED_LIMITERS[key] = limiter
+            return limiter
+    limiter.slow_down_to(rate_per_second)
+    return limiter
+
+
+def _forget_shared_rate_limiters() -> None:
+    """Drop every shared limiter (tests only)."""
+    with _SHARED_LIMITERS_LOCK:
+        _SHARED_LIMITERS.clear()
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -152,6 +244,10 @@ class _Retryable(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self.error).__name__}({str(self.error)!r})"
+
+
+class _OutOfTime(Exception):
+    """Internal: the caller's deadline leaves no time for another attempt."""
 
 
 def _check_campaign_id(campaign_id: Any) -> int:
@@ -245,10 +341,11 @@ class MailiveryClient:
             raise ConfigurationError("timeout must be a positive number of seconds")
         if not (0 <= backoff_initial <= backoff_max and math.isfinite(backoff_max)):
             raise ConfigurationError("backoff must satisfy 0 <= backoff_initial <= backoff_max")
-        if rate_limiter is None and rate_per_second:
-            rate_limiter = RateLimiter(rate_per_second)
         self._api_key = api_key
         self.base_url = base_url
+        if rate_limiter is None and rate_per_second:
+            rate_limiter = shared_rate_limiter(api_key, base_url, rate_per_second)
+        self.timeout = float(timeout)
         # Only a local simulator reached over loopback http may hand out http consent URLs.
         base_parts = urlsplit(base_url)
         self._allow_loopback_http = base_parts.scheme == "http" and is_loopback_host(
@@ -431,6 +528,28 @@ class MailiveryClient:
             return True
         return min(max(exc.wait, 0.0), self.backoff_max)
 
+    def _deadline_hook(self, deadline: float) -> Callable[[Exception], bool | float]:
+        """`_retry_hook`, except that no retry is planned whose wait would end past ``deadline``."""
+        failures = 0
+
+        def hook(exc: Exception) -> bool | float:
+            nonlocal failures
+            decision = self._retry_hook(exc)
+            if decision is False:
+                return False
+            failures += 1
+            if stamina.is_testing():  # no real waiting in tests: only the attempt itself must fit
+                wait = 0.0
+            elif isinstance(decision, float):
+                wait = decision
+            else:  # stamina's own exponential backoff, without its jitter: a lower bound
+                wait = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
+            if deadline - time.monotonic() - wait < _MIN_ATTEMPT_SECONDS:
+                return False
+            return decision
+
+        return hook
+
     def _call(
         self,
         method: str,
@@ -443,9 +562,11 @@ class MailiveryClient:
         if self._http.is_closed:
             raise RuntimeError("this MailiveryClient is closed")
         path = PATHS[operation].format(campaign_id=campaign_id)
+        deadline = _DEADLINE.get()
+        last: list[MailiveryUnavailable] = []
         try:
             for attempt in stamina.retry_context(
-                on=self._retry_hook,
+                on=self._retry_hook if deadline is None else self._deadline_hook(deadline),
                 attempts=self.max_attempts,
                 timeout=None,
                 wait_initial=self.backoff_initial,
@@ -453,9 +574,20 @@ class MailiveryClient:
                 wait_jitter=self.backoff_initial,
             ):
                 with attempt:
-                    response = self._attempt(
-                        method, path, operation, request_id, attempt.num, files
-                    )
+                    try:
+                        response = self._attempt(
+                            method, path, operation, request_id, attempt.num, files, deadline
+                        )
+                    except _Retryable as exc:
+                        last.append(exc.error)
+                        raise
+                    except _OutOfTime:
+                        if last:  # the previous attempt's failure is the answer
+                            raise last[-1] from last[-1].__cause__
+                        raise MailiveryTransportError(
+                            "no time left to call Mailivery before the caller's deadline",
+                            request_id=request_id, method=method, path=path,
+                        ) from None
                     return _Answer(response, method, path, request_id)
         except _Retryable as exc:
             raise exc.error from exc.error.__cause__
@@ -469,14 +601,27 @@ class MailiveryClient:
         request_id: str,
         attempt: int,
         files: list[tuple[str, tuple[None, bytes]]] | None,
+        deadline: float | None = None,
     ) -> httpx.Response:
+        if deadline is not None and deadline - time.monotonic() < _MIN_ATTEMPT_SECONDS:
+            raise _OutOfTime
         if self.rate_limiter is not None:
             self.rate_limiter.acquire()
+        timeout: float | None = None
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left < _MIN_ATTEMPT_SECONDS:
+                raise _OutOfTime
+            timeout = min(self.timeout, left)
         context: dict[str, Any] = {"request_id": request_id, "method": method, "path": path}
         started = time.perf_counter()
         try:
             response = self._http.request(
-                method, path, headers={self.request_id_header: request_id}, files=files
+                method,
+                path,
+                headers={self.request_id_header: request_id},
+                files=files,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TransportError as exc:
             self._log(operation, context, None, attempt, started, error=type(exc).__name__)
