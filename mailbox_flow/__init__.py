@@ -27,7 +27,7 @@ from .errors import (
 )
 from .flow import MailboxFlow
 from .mailivery import Campaign, MailiveryClient, WebhookEvent
-from .reconcile import Finding, ReconcileReport
+from .reconcile import Action, Finding, Reason, ReconcileReport
 from .settings import Settings
 from .states import State
 from .types import AuditEntry, Delivery, Mailbox, Outcome, Source, WebhookResult
@@ -35,6 +35,7 @@ from .types import AuditEntry, Delivery, Mailbox, Outcome, Source, WebhookResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "AuditEntry",
     "Campaign",
     "ConcurrentUpdate",
@@ -51,6 +52,7 @@ __all__ = [
     "MailiveryClient",
     "MailiveryError",
     "Outcome",
+    "Reason",
     "ReconcileReport",
     "Settings",
     "Source",

@@ -397,15 +397,17 @@ def show(
 
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseOption = None) -> None:
-    """Create the tables and indexes that do not exist yet.
+    """Apply the Alembic migrations shipped with mailbox_flow (creates the tables on a new database).
 
-    For now this is flow.create_schema() (it never alters an existing table); Alembic migrations,
-    which upgrade an existing schema in place, arrive with another issue.
+    A database created earlier with create_schema() is recognised (its tables match the models) and
+    stamped at the current revision instead of being created again.
     """
+    from .migrate import upgrade
+
     with _guard(), _open_flow(database_url) as flow:
-        flow.create_schema()
+        revision = upgrade(flow.database_url)
         target = _safe_url(flow.database_url)
-    err_console.print(f"schema ready in {escape(target)}", highlight=False)
+    err_console.print(f"schema at revision {revision} in {escape(target)}", highlight=False)
 
 
 @app.command()

@@ -73,6 +73,12 @@ class MailboxRow(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_mailbox_state_changed", "state", "state_changed_at"),
         sa.Index(
+            "ix_mailbox_intent",
+            "id",
+            sqlite_where=sa.text("intent_trigger IS NOT NULL"),
+            postgresql_where=sa.text("intent_trigger IS NOT NULL"),
+        ),
+        sa.Index(
             "uq_mailbox_active_email",
             "email",
             unique=True,

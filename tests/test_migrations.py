@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from mailbox_flow import MailboxFlow, State
+from mailbox_flow import ConfigurationError, MailboxFlow, State
 from mailbox_flow.migrate import VERSION_TABLE, current_revision, head_revision, upgrade
 from mailbox_flow.models import metadata
 from mailbox_flow.store import make_engine
@@ -45,6 +46,27 @@ def test_create_schema_matches_the_migrations(database_url: str) -> None:
     with MailboxFlow(database_url, webhook_secret="s") as flow:
         flow.create_schema()
     assert diff(database_url) == []
+
+
+def test_upgrade_stamps_a_create_schema_database(database_url: str) -> None:
+    """A database made by create_schema() is stamped at head by upgrade, not created twice."""
+    with MailboxFlow(database_url, webhook_secret="s") as flow:
+        flow.create_schema()
+        flow.store.insert_mailbox({"email": "kept@b.co", "state": State.PENDING.value})
+    assert current_revision(database_url) is None
+    assert upgrade(database_url) == head_revision()
+    with MailboxFlow(database_url, webhook_secret="s") as flow:
+        assert flow.find_by_email("kept@b.co") is not None
+
+
+def test_upgrade_refuses_a_drifted_unversioned_schema(database_url: str) -> None:
+    """Unversioned tables that differ from the models are refused with ConfigurationError."""
+    with MailboxFlow(database_url, webhook_secret="s") as flow:
+        flow.create_schema()
+        with flow.store.engine.begin() as conn:
+            conn.execute(sa.text("DROP INDEX ix_mailbox_state_changed"))
+    with pytest.raises(ConfigurationError, match="differ"):
+        upgrade(database_url)
 
 
 def test_migrated_database_works(database_url: str) -> None:

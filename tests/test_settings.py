@@ -64,10 +64,10 @@ def test_bad_orphan_policy_is_refused(tmp_path) -> None:
 def test_public_names_are_pinned() -> None:
     """mailbox_flow.__all__ is the public API; changing it is a deliberate act."""
     assert sorted(mailbox_flow.__all__) == sorted([
-        "AuditEntry", "Campaign", "ConcurrentUpdate", "ConfigurationError", "Delivery",
+        "Action", "AuditEntry", "Campaign", "ConcurrentUpdate", "ConfigurationError", "Delivery",
         "DuplicateMailbox", "Finding", "InvalidInput", "InvalidTransition", "MailboxFlow",
         "MailboxFlowError", "MailboxNotFound", "Mailbox", "MailiveryClient", "MailiveryError",
-        "Outcome", "ReconcileReport", "Settings", "Source", "State", "StorageError",
+        "Outcome", "Reason", "ReconcileReport", "Settings", "Source", "State", "StorageError",
         "WebhookAuthError", "WebhookEvent", "WebhookPayloadError", "WebhookResult", "__version__",
     ])
     for name in mailbox_flow.__all__:

@@ -58,6 +58,13 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_mailbox_owner_id"), ["owner_id"], unique=False)
         batch_op.create_index("ix_mailbox_state_changed", ["state", "state_changed_at"], unique=False)
         batch_op.create_index(
+            "ix_mailbox_intent",
+            ["id"],
+            unique=False,
+            sqlite_where=sa.text("intent_trigger IS NOT NULL"),
+            postgresql_where=sa.text("intent_trigger IS NOT NULL"),
+        )
+        batch_op.create_index(
             "uq_mailbox_active_email",
             ["email"],
             unique=True,
@@ -126,6 +133,11 @@ def downgrade() -> None:
             postgresql_where=sa.text("state IN ('oauth_sent', 'paused', 'pending', 'requested', 'warming')"),
         )
         batch_op.drop_index("ix_mailbox_state_changed")
+        batch_op.drop_index(
+            "ix_mailbox_intent",
+            sqlite_where=sa.text("intent_trigger IS NOT NULL"),
+            postgresql_where=sa.text("intent_trigger IS NOT NULL"),
+        )
         batch_op.drop_index(batch_op.f("ix_mailbox_owner_id"))
         batch_op.drop_index(batch_op.f("ix_mailbox_email"))
 
