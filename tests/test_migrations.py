@@ -10,21 +10,19 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from mailbox_flow import ConfigurationError, MailboxFlow, State
-from mailbox_flow.migrate import VERSION_TABLE, current_revision, head_revision, upgrade
+from mailbox_flow.migrate import (
+    VERSION_TABLE,
+    current_revision,
+    head_revision,
+    schema_differences,
+    upgrade,
+)
 from mailbox_flow.models import metadata
 from mailbox_flow.store import make_engine
 
 
 def diff(database_url: str) -> list[Any]:
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "version_table": VERSION_TABLE}
-            )
-            return list(compare_metadata(context, metadata))
-    finally:
-        engine.dispose()
+    return schema_differences(database_url)
 
 
 def test_upgrade_reaches_head_and_matches_models(database_url: str) -> None:

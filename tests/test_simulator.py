@@ -25,7 +25,6 @@ from mailbox_flow.simulator import (
     meta_query_string,
     serve_in_thread,
 )
-from mailbox_flow.simulator.pytest_plugin import mailivery_simulator  # noqa: F401
 
 CAMPAIGN_KEYS = {
     "id",
@@ -760,7 +759,7 @@ def test_serve_in_thread_stops(receiver: Receiver) -> None:
         httpx.get(url + "/ping", timeout=1.0)
 
 
-def test_pytest_plugin_fixture(mailivery_simulator: SimulatorServer) -> None:  # noqa: F811
+def test_pytest_plugin_fixture(mailivery_simulator: SimulatorServer) -> None:
     """The partner fixture serves a fresh simulator whose consent URLs point at it."""
     with mailivery_simulator.client() as client:
         response = client.post(
