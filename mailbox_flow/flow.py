@@ -855,10 +855,20 @@ class MailboxFlow:
     def _record_orphan(
         self, event: WebhookEvent, reason: str
     ) -> tuple[Outcome, Mailbox | None, str | None]:
-        """Record a campaign nobody asked for as a ``rejected`` mailbox (and delete it, by policy)."""
+        """Record a campaign nobody asked for as a ``rejected`` mailbox (and delete it, by policy).
+
+        The campaign is re-read first: a payload naming a campaign Mailivery does not have, or one of
+        another address, is refused without a record, so a forged delivery can never claim a real
+        campaign id (which would make the genuine webhook look already handled).
+        """
         existing = self.store.get_by_campaign(event.campaign_id)
         if existing is not None:
             return Outcome.IGNORED, existing, "orphan campaign already recorded"
+        campaign = self._read_campaign(event.campaign_id)
+        if campaign is None:
+            return Outcome.REJECTED, None, f"{reason}; campaign not found at Mailivery"
+        if campaign.email != event.email:
+            return Outcome.REJECTED, None, f"{reason}; campaign email at Mailivery does not match"
         try:
             orphan = self.store.insert_mailbox(
                 {
@@ -894,8 +904,7 @@ class MailboxFlow:
             **self._email_fields(orphan.email),
         )
         if self.orphan_policy == "delete":
-            campaign = self._read_campaign(event.campaign_id)
-            if campaign is not None and campaign.email == orphan.email:
+            if campaign.lifecycle == "pending":  # never delete a campaign someone already started
                 try:
                     orphan = self._apply(orphan, "delete", source=Source.WEBHOOK, remote_checked=True,
                                          detail={"reason": "orphan_policy=delete"})

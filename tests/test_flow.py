@@ -107,7 +107,7 @@ def test_email_match_ignores_case(flow: MailboxFlow, sim: Any) -> None:
 
 
 def test_unexpected_mailbox_is_rejected_without_call(flow: MailboxFlow, sim: Any) -> None:
-    """A campaign nobody asked for is recorded as rejected; no warmup call, no remote read."""
+    """A campaign nobody asked for is recorded as rejected, with no warmup call."""
     campaign = sim.create_campaign(email="stranger@example.com", first_name="Eve",
                                    send_webhook=False)
     body = webhook_body(campaign["id"], "stranger@example.com")
@@ -159,6 +159,19 @@ def test_forged_campaign_id_makes_no_call(flow: MailboxFlow, sim: Any) -> None:
     assert result.outcome is Outcome.REJECTED
     assert flow.get(mb.id).state is State.OAUTH_SENT
     assert sim.count("PATCH", "/start-warmup") == 0
+
+
+def test_forged_orphan_cannot_claim_a_real_campaign(flow: MailboxFlow, sim: Any) -> None:
+    """A forged delivery naming Ada's real campaign with another email records nothing; the real one starts."""
+    mb = connect(flow)
+    genuine = consent(sim, mb)
+    campaign_id = json.loads(genuine)["account"]["campaign_id"]
+    forged = flow.handle_webhook(webhook_body(campaign_id, "mallory@example.com"), secret=SECRET)
+    assert forged.outcome is Outcome.REJECTED and forged.mailbox is None
+    assert flow.find_by_email("mallory@example.com") is None
+    real = flow.handle_webhook(genuine, secret=SECRET)
+    assert real.outcome is Outcome.STARTED
+    assert sim.count("PATCH", "/start-warmup") == 1
 
 
 def test_campaign_of_another_address_makes_no_call(flow: MailboxFlow, sim: Any) -> None:
