@@ -40,7 +40,9 @@ API_KEY = "bench-key"
 RECEIVER = textwrap.dedent("""
     import sys
     from mailbox_flow import MailboxFlow, MailiveryClient
+    from mailbox_flow.audit import configure_logging
     from mailbox_flow.web import serve
+    configure_logging("console", "WARNING")
     url, api, key, secret, port = sys.argv[1:6]
     flow = MailboxFlow(url, client=MailiveryClient(key, api, rate_per_second=0), webhook_secret=secret)
     serve(flow, "127.0.0.1", int(port), workers_log_level="warning")
