@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime
-from functools import wraps
+from functools import lru_cache, wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
 import sqlalchemy as sa
@@ -81,10 +81,8 @@ def _tune_sqlite(engine: Engine, *, wal: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("mailbox_flow_read"):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if not conn.get_execution_options().get("mailbox_flow_read"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # reads run in autocommit, one statement each
 
 
 def _storage_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -128,11 +126,91 @@ def _not_leased(now: datetime) -> sa.ColumnElement[bool]:
     return sa.or_(MAILBOX.c.lease_until.is_(None), MAILBOX.c.lease_until < now)
 
 
+def _p(name: str, column: sa.Column[Any]) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=column.type)
+
+
+# Prebuilt statements for the hot path: built once, so SQLAlchemy neither rebuilds nor re-keys them
+# per call (a statement built per call costs about as much as the database work itself).
+_GET = sa.select(*_MAILBOX_COLS).where(MAILBOX.c.id == _p("g_id", MAILBOX.c.id))
+_GET_BY_CAMPAIGN = sa.select(*_MAILBOX_COLS).where(
+    MAILBOX.c.campaign_id == _p("g_campaign", MAILBOX.c.campaign_id)
+)
+_GUARD = (
+    MAILBOX.c.id == _p("g_id", MAILBOX.c.id),
+    MAILBOX.c.version == _p("g_version", MAILBOX.c.version),
+    MAILBOX.c.state == _p("g_state", MAILBOX.c.state),
+)
+_FREE = sa.or_(MAILBOX.c.lease_until.is_(None), MAILBOX.c.lease_until < _p("g_now", MAILBOX.c.lease_until))
+_CLAIM = (
+    sa.update(MAILBOX)
+    .where(*_GUARD, _FREE)
+    .values(
+        version=MAILBOX.c.version + 1,
+        lease_owner=_p("v_owner", MAILBOX.c.lease_owner),
+        lease_until=_p("v_until", MAILBOX.c.lease_until),
+        intent_trigger=_p("v_trigger", MAILBOX.c.intent_trigger),
+        intent_request_id=_p("v_request_id", MAILBOX.c.intent_request_id),
+        intent_at=_p("v_now", MAILBOX.c.intent_at),
+        updated_at=_p("v_now", MAILBOX.c.updated_at),
+    )
+    .returning(*_MAILBOX_COLS)
+)
+_CLEARED_ON_TRANSITION: dict[str, Any] = {
+    "lease_owner": None,
+    "lease_until": None,
+    "intent_trigger": None,
+    "intent_request_id": None,
+    "intent_at": None,
+    "attempts": 0,
+    "last_error": None,
+    "next_attempt_at": None,
+    "flag_reason": None,
+    "flagged_at": None,
+}
+_AUDIT_INSERT = sa.insert(AUDIT)
+_INBOX_INSERT = sa.insert(INBOX).returning(*_INBOX_COLS)
+_GET_DELIVERY_BY_KEY = sa.select(*_INBOX_COLS).where(
+    INBOX.c.dedupe_key == _p("g_key", INBOX.c.dedupe_key)
+)
+_TOUCH_DELIVERY = (
+    sa.update(INBOX).where(INBOX.c.id == _p("g_id", INBOX.c.id)).values(attempts=INBOX.c.attempts + 1)
+)
+_FINISH_DELIVERY = (
+    sa.update(INBOX)
+    .where(INBOX.c.id == _p("g_id", INBOX.c.id))
+    .values(
+        status=_p("v_status", INBOX.c.status),
+        outcome=_p("v_outcome", INBOX.c.outcome),
+        error=_p("v_error", INBOX.c.error),
+        mailbox_id=_p("v_mailbox_id", INBOX.c.mailbox_id),
+        processed_at=_p("v_now", INBOX.c.processed_at),
+    )
+)
+
+
+@lru_cache(maxsize=128)
+def _transition_statement(by_owner: bool, extra: tuple[str, ...]) -> sa.Update:
+    """The guarded UPDATE ... RETURNING of a transition, one per (guard kind, extra columns)."""
+    lease_guard = (MAILBOX.c.lease_owner == _p("g_owner", MAILBOX.c.lease_owner)) if by_owner else _FREE
+    values: dict[str, Any] = {
+        "state": _p("v_state", MAILBOX.c.state),
+        "version": MAILBOX.c.version + 1,
+        "state_changed_at": _p("v_now", MAILBOX.c.state_changed_at),
+        "updated_at": _p("v_now", MAILBOX.c.updated_at),
+        **_CLEARED_ON_TRANSITION,
+    }
+    for key in extra:
+        values[key] = _p(f"x_{key}", MAILBOX.c[key])
+    return sa.update(MAILBOX).where(*_GUARD, lease_guard).values(values).returning(*_MAILBOX_COLS)
+
+
 class Store:
     """The database side of a flow. Every public method is one short transaction."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
 
     @property
     def dialect(self) -> str:
@@ -147,10 +225,12 @@ class Store:
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
+        """A connection for one read statement, in autocommit mode: no BEGIN/COMMIT round trips."""
         with self.engine.connect() as conn:
-            conn = conn.execution_options(mailbox_flow_read=True)
-            with conn.begin():
-                yield conn
+            if self._sqlite:  # the driver is in autocommit already; the begin hook skips BEGIN
+                yield conn.execution_options(mailbox_flow_read=True)
+            else:
+                yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
     @_storage_errors
     def create_schema(self) -> None:
@@ -194,15 +274,13 @@ class Store:
     @_storage_errors
     def get(self, mailbox_id: uuid.UUID) -> Mailbox | None:
         with self._read() as conn:
-            row = conn.execute(sa.select(*_MAILBOX_COLS).where(MAILBOX.c.id == mailbox_id)).first()
+            row = conn.execute(_GET, {"g_id": mailbox_id}).first()
         return _to_mailbox(row) if row else None
 
     @_storage_errors
     def get_by_campaign(self, campaign_id: int) -> Mailbox | None:
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(*_MAILBOX_COLS).where(MAILBOX.c.campaign_id == campaign_id)
-            ).first()
+            row = conn.execute(_GET_BY_CAMPAIGN, {"g_campaign": campaign_id}).first()
         return _to_mailbox(row) if row else None
 
     @_storage_errors
@@ -268,26 +346,19 @@ class Store:
     ) -> Mailbox | None:
         """Take the short lease on ``mailbox`` and record the intent; None if someone else moved first."""
         now = utcnow()
+        params = {
+            "g_id": mailbox.id,
+            "g_version": mailbox.version,
+            "g_state": mailbox.state.value,
+            "g_now": now,
+            "v_owner": owner,
+            "v_until": until,
+            "v_trigger": trigger,
+            "v_request_id": request_id,
+            "v_now": now,
+        }
         with self._write() as conn:
-            row = conn.execute(
-                sa.update(MAILBOX)
-                .where(
-                    MAILBOX.c.id == mailbox.id,
-                    MAILBOX.c.version == mailbox.version,
-                    MAILBOX.c.state == mailbox.state.value,
-                    _not_leased(now),
-                )
-                .values(
-                    version=MAILBOX.c.version + 1,
-                    lease_owner=owner,
-                    lease_until=until,
-                    intent_trigger=trigger,
-                    intent_request_id=request_id,
-                    intent_at=now,
-                    updated_at=now,
-                )
-                .returning(*_MAILBOX_COLS)
-            ).first()
+            row = conn.execute(_CLAIM, params).first()
         return _to_mailbox(row) if row else None
 
     @_storage_errors
@@ -309,49 +380,37 @@ class Store:
         claimed the row, otherwise "nobody holds an unexpired lease". None when the guard fails.
         """
         now = utcnow()
-        guard = [
-            MAILBOX.c.id == mailbox.id,
-            MAILBOX.c.version == mailbox.version,
-            MAILBOX.c.state == mailbox.state.value,
-            (MAILBOX.c.lease_owner == lease_owner) if lease_owner else _not_leased(now),
-        ]
-        new_values: dict[str, Any] = {
-            "state": to_state.value,
-            "version": MAILBOX.c.version + 1,
-            "state_changed_at": now,
-            "updated_at": now,
-            "lease_owner": None,
-            "lease_until": None,
-            "intent_trigger": None,
-            "intent_request_id": None,
-            "intent_at": None,
-            "attempts": 0,
-            "last_error": None,
-            "next_attempt_at": None,
-            "flag_reason": None,
-            "flagged_at": None,
-            **(values or {}),
-        }
+        extra = dict(values or {})
         if to_state is State.WARMING and mailbox.warmed_at is None:
-            new_values.setdefault("warmed_at", now)
+            extra.setdefault("warmed_at", now)
+        statement = _transition_statement(bool(lease_owner), tuple(sorted(extra)))
+        params: dict[str, Any] = {
+            "g_id": mailbox.id,
+            "g_version": mailbox.version,
+            "g_state": mailbox.state.value,
+            "v_state": to_state.value,
+            "v_now": now,
+            **{f"x_{key}": value for key, value in extra.items()},
+        }
+        if lease_owner:
+            params["g_owner"] = lease_owner
+        else:
+            params["g_now"] = now
+        audit = {
+            "mailbox_id": mailbox.id,
+            "trigger": trigger,
+            "from_state": mailbox.state.value,
+            "to_state": to_state.value,
+            "at": now,
+            "source": source.value,
+            "request_id": request_id,
+            "detail": detail or None,
+        }
         with self._write() as conn:
-            row = conn.execute(
-                sa.update(MAILBOX).where(*guard).values(new_values).returning(*_MAILBOX_COLS)
-            ).first()
+            row = conn.execute(statement, params).first()
             if row is None:
                 return None
-            conn.execute(
-                sa.insert(AUDIT).values(
-                    mailbox_id=mailbox.id,
-                    trigger=trigger,
-                    from_state=mailbox.state.value,
-                    to_state=to_state.value,
-                    at=now,
-                    source=source.value,
-                    request_id=request_id,
-                    detail=detail or None,
-                )
-            )
+            conn.execute(_AUDIT_INSERT, audit)
         return _to_mailbox(row)
 
     @_storage_errors
@@ -412,8 +471,10 @@ class Store:
         """Store a delivery; None when its ``dedupe_key`` is already in the inbox."""
         row = {"received_at": utcnow(), "attempts": 0, **values}
         try:
+            full = {column.name: None for column in INBOX.columns if column.name != "id"}
+            full.update(row)
             with self._write() as conn:
-                result = conn.execute(sa.insert(INBOX).values(row).returning(*_INBOX_COLS)).one()
+                result = conn.execute(_INBOX_INSERT, full).one()
         except IntegrityError:
             if row.get("dedupe_key") is None:
                 raise
@@ -429,9 +490,7 @@ class Store:
     @_storage_errors
     def get_delivery_by_key(self, dedupe_key: str) -> Delivery | None:
         with self._read() as conn:
-            row = conn.execute(
-                sa.select(*_INBOX_COLS).where(INBOX.c.dedupe_key == dedupe_key)
-            ).first()
+            row = conn.execute(_GET_DELIVERY_BY_KEY, {"g_key": dedupe_key}).first()
         return _to_delivery(row) if row else None
 
     @_storage_errors
@@ -450,11 +509,7 @@ class Store:
     def touch_delivery(self, delivery_id: int) -> None:
         """Count one more processing attempt of a delivery."""
         with self._write() as conn:
-            conn.execute(
-                sa.update(INBOX)
-                .where(INBOX.c.id == delivery_id)
-                .values(attempts=INBOX.c.attempts + 1)
-            )
+            conn.execute(_TOUCH_DELIVERY, {"g_id": delivery_id})
 
     @_storage_errors
     def finish_delivery(
@@ -466,18 +521,10 @@ class Store:
         error: str | None = None,
         mailbox_id: uuid.UUID | None = None,
     ) -> None:
+        params = {"g_id": delivery_id, "v_status": status, "v_outcome": outcome, "v_error": error,
+                  "v_mailbox_id": mailbox_id, "v_now": utcnow()}
         with self._write() as conn:
-            conn.execute(
-                sa.update(INBOX)
-                .where(INBOX.c.id == delivery_id)
-                .values(
-                    status=status,
-                    outcome=outcome,
-                    error=error,
-                    mailbox_id=mailbox_id,
-                    processed_at=utcnow(),
-                )
-            )
+            conn.execute(_FINISH_DELIVERY, params)
 
     @_storage_errors
     def count(self, table: str) -> int:
