@@ -63,7 +63,9 @@ def make_engine(database_url: str, *, echo: bool = False) -> Engine:
     if backend == "postgresql":
         if url.get_driver_name() in ("", "psycopg2"):
             url = url.set(drivername="postgresql+psycopg")
-        return sa.create_engine(url, echo=echo, pool_pre_ping=True)
+        # No pre-ping (a round trip per checkout); a dropped connection is invalidated on its first
+        # error (StorageError to the caller, 503 at the web edge) and replaced on the next checkout.
+        return sa.create_engine(url, echo=echo, pool_recycle=1800)
     return sa.create_engine(url, echo=echo)
 
 
@@ -203,6 +205,24 @@ def _transition_statement(by_owner: bool, extra: tuple[str, ...]) -> sa.Update:
     for key in extra:
         values[key] = _p(f"x_{key}", MAILBOX.c[key])
     return sa.update(MAILBOX).where(*_GUARD, lease_guard).values(values).returning(*_MAILBOX_COLS)
+
+
+_AUDIT_FIELDS = ("trigger", "from_state", "to_state", "at", "source", "request_id", "detail")
+
+
+@lru_cache(maxsize=128)
+def _pg_transition_statement(by_owner: bool, extra: tuple[str, ...]) -> sa.Select[Any]:
+    """PostgreSQL: the guarded UPDATE and its audit INSERT as one statement (a data-modifying CTE).
+
+    One round trip, atomic on its own, so it runs without BEGIN/COMMIT; no audit row when the guard
+    fails, since the INSERT selects from the UPDATE's RETURNING.
+    """
+    moved = _transition_statement(by_owner, extra).cte("moved")
+    audit = sa.insert(AUDIT).from_select(
+        ["mailbox_id", *_AUDIT_FIELDS],
+        sa.select(moved.c.id, *(_p(f"a_{name}", AUDIT.c[name]) for name in _AUDIT_FIELDS)),
+    ).cte("audit")
+    return sa.select(*(moved.c[column.name] for column in _MAILBOX_COLS)).add_cte(audit)
 
 
 class Store:
@@ -406,6 +426,13 @@ class Store:
             "request_id": request_id,
             "detail": detail or None,
         }
+        if not self._sqlite:
+            params.update({f"a_{name}": audit[name] for name in _AUDIT_FIELDS})
+            combined = _pg_transition_statement(bool(lease_owner), tuple(sorted(extra)))
+            with self.engine.connect() as conn:
+                row = conn.execution_options(isolation_level="AUTOCOMMIT").execute(
+                    combined, params).first()
+            return _to_mailbox(row) if row else None
         with self._write() as conn:
             row = conn.execute(statement, params).first()
             if row is None:
