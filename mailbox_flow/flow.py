@@ -688,7 +688,9 @@ class MailboxFlow:
             "campaign_id": event.campaign_id,
             "email": event.email,
         }
-        delivery = self.store.insert_delivery({**fields, "dedupe_key": key, "status": "received"})
+        delivery = self.store.insert_delivery(
+            {**fields, "dedupe_key": key, "status": "received", "attempts": 1}
+        )
         if delivery is None:
             original = self.store.get_delivery_by_key(key)
             duplicate = self.store.insert_delivery(
@@ -700,7 +702,7 @@ class MailboxFlow:
             mailbox = self.store.get_by_campaign(event.campaign_id)
             self._log_webhook(event, Outcome.DUPLICATE, duplicate.id if duplicate else None, mailbox)
             return WebhookResult(Outcome.DUPLICATE, mailbox, duplicate.id if duplicate else None)
-        return self._process(delivery, event)
+        return self._process(delivery, event, counted=True)
 
     def reprocess_delivery(self, delivery_id: int) -> WebhookResult:
         """Process a stored delivery again (one that failed or whose worker died)."""
@@ -715,8 +717,9 @@ class MailboxFlow:
             return True
         return delivery.status == "received" and delivery.received_at < utcnow() - self.lease
 
-    def _process(self, delivery: Delivery, event: WebhookEvent) -> WebhookResult:
-        self.store.touch_delivery(delivery.id)
+    def _process(self, delivery: Delivery, event: WebhookEvent, *, counted: bool = False) -> WebhookResult:
+        if not counted:  # a new delivery is stored with its first attempt already counted
+            self.store.touch_delivery(delivery.id)
         try:
             outcome, mailbox, detail = self._dispatch(event)
         except MailiveryUnavailable as exc:
