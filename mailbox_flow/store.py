@@ -98,6 +98,12 @@ def _storage_errors(func: Callable[P, R]) -> Callable[P, R]:
             raise
         except SQLAlchemyError as exc:
             cause = getattr(exc, "orig", None) or exc
+            text = str(cause).lower()
+            if "no such table" in text or ("relation" in text and "does not exist" in text):
+                raise StorageError(
+                    "the database has no mailbox_flow tables yet: run `mailbox-flow db upgrade` "
+                    "(or flow.create_schema())"
+                ) from exc
             raise StorageError(f"database error in {func.__name__}: {type(cause).__name__}") from exc
 
     return wrapper

@@ -570,3 +570,12 @@ def test_concurrent_starts_call_once(flow: MailboxFlow, database_url: str, api_u
     assert sum(1 for r in results if isinstance(r, refused)) == 1
     assert sim.count("PATCH", "/start-warmup") == 2  # the failed first try, then exactly one more
     other.close()
+
+
+def test_missing_schema_says_what_to_run(database_url: str, client: MailiveryClient) -> None:
+    """Using a database without our tables raises StorageError naming `mailbox-flow db upgrade`."""
+    from mailbox_flow import StorageError
+
+    with MailboxFlow(database_url, client=client, webhook_secret=SECRET) as fresh:
+        with pytest.raises(StorageError, match="db upgrade"):
+            fresh.find_by_email("ada@contoso.com")
