@@ -49,6 +49,7 @@ __all__ = [
     "ChaosFaults",
     "Figures",
     "WarmupCalls",
+    "chaos",
     "check_exactly_once",
     "converge",
     "quiet_logs",

@@ -906,13 +906,13 @@ class MailboxFlow:
             reason=reason,
             **self._email_fields(orphan.email),
         )
-        if self.orphan_policy == "delete":
-            if campaign.lifecycle == "pending":  # never delete a campaign someone already started
-                try:
-                    orphan = self._apply(orphan, "delete", source=Source.WEBHOOK, remote_checked=True,
-                                         detail={"reason": "orphan_policy=delete"})
-                except MailiveryError as exc:
-                    return Outcome.REJECTED, self.store.get(orphan.id), f"{reason}; {_error_text(exc)}"
+        # (never delete a campaign someone already started)
+        if self.orphan_policy == "delete" and campaign.lifecycle == "pending":
+            try:
+                orphan = self._apply(orphan, "delete", source=Source.WEBHOOK, remote_checked=True,
+                                     detail={"reason": "orphan_policy=delete"})
+            except MailiveryError as exc:
+                return Outcome.REJECTED, self.store.get(orphan.id), f"{reason}; {_error_text(exc)}"
         return Outcome.REJECTED, orphan, reason
 
     def _on_deleted(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:

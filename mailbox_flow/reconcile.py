@@ -56,6 +56,7 @@ from .errors import (
     InvalidTransition,
     MailiveryAuthError,
     MailiveryError,
+    MailiveryTransportError,
     MailiveryUnavailable,
     WebhookPayloadError,
 )
@@ -491,9 +492,14 @@ class _Run:
         try:
             client.start_warmup(mailbox.campaign_id, request_id=request_id)
         except BaseException as exc:
-            # no intent kept: the next run's remote comparison re-reads the campaign anyway
+            # No intent kept: the next run's remote comparison re-reads the campaign anyway. After a
+            # timeout the request may still land: hold the claim one client timeout so that nobody
+            # re-reads (still pending) and calls again meanwhile.
+            hold = None
+            if isinstance(exc, MailiveryTransportError):
+                hold = utcnow() + min(timedelta(seconds=float(client.timeout)), flow.lease)
             store.release(claimed, lease_owner=flow.worker_id, error=_text(exc),
-                          next_attempt_at=None)
+                          next_attempt_at=None, hold_until=hold)
             raise
         moved = store.transition(
             claimed, to_state=State.WARMING, trigger="start", source=Source.RECONCILER,

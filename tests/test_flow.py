@@ -162,7 +162,7 @@ def test_forged_campaign_id_makes_no_call(flow: MailboxFlow, sim: Any) -> None:
 
 
 def test_forged_orphan_cannot_claim_a_real_campaign(flow: MailboxFlow, sim: Any) -> None:
-    """A forged delivery naming Ada's real campaign with another email records nothing; the real one starts."""
+    """A forged delivery naming Ada's campaign with another email records nothing; the real one starts."""
     mb = connect(flow)
     genuine = consent(sim, mb)
     campaign_id = json.loads(genuine)["account"]["campaign_id"]
@@ -576,6 +576,6 @@ def test_missing_schema_says_what_to_run(database_url: str, client: MailiveryCli
     """Using a database without our tables raises StorageError naming `mailbox-flow db upgrade`."""
     from mailbox_flow import StorageError
 
-    with MailboxFlow(database_url, client=client, webhook_secret=SECRET) as fresh:
-        with pytest.raises(StorageError, match="db upgrade"):
-            fresh.find_by_email("ada@contoso.com")
+    with (MailboxFlow(database_url, client=client, webhook_secret=SECRET) as fresh,
+          pytest.raises(StorageError, match="db upgrade")):
+        fresh.find_by_email("ada@contoso.com")
