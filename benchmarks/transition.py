@@ -19,11 +19,10 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import sqlalchemy as sa
 
@@ -31,6 +30,7 @@ from mailbox_flow import MailboxFlow, State
 from mailbox_flow.audit import configure_logging
 from mailbox_flow.states import Subject, fire
 from mailbox_flow.store import MAILBOX
+from mailbox_flow.testing import postgres_schema
 
 PG = os.environ.get("MAILBOX_FLOW_TEST_POSTGRES_URL",
                     "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -102,18 +102,8 @@ def raw_psycopg_step(url: str) -> tuple[Callable[[uuid.UUID], object], Callable[
     return step, conn.close
 
 
-@contextmanager
-def pg_schema() -> Iterator[str]:
-    name = f"mf_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    try:
-        yield f"{PG}?options={quote(f'-csearch_path={name}')}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
+def pg_schema() -> AbstractContextManager[str]:
+    return postgres_schema(PG, prefix="mf_bench")
 
 
 def compare(label: str, url: str, raw: Callable[[], tuple[Callable[[uuid.UUID], object],

@@ -21,16 +21,15 @@ import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from urllib.parse import quote
+from contextlib import AbstractContextManager, contextmanager
 
 import httpx
-import sqlalchemy as sa
 
 from mailbox_flow import MailboxFlow, MailiveryClient, State
 from mailbox_flow.audit import configure_logging
 from mailbox_flow.loadtest import prepare_deliveries, send_concurrently
 from mailbox_flow.simulator import Simulator, SimulatorServer
+from mailbox_flow.testing import postgres_schema
 
 PG = os.environ.get("MAILBOX_FLOW_TEST_POSTGRES_URL",
                     "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -81,18 +80,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@contextmanager
-def schema() -> Iterator[str]:
-    name = f"mf_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    try:
-        yield f"{PG}?options={quote(f'-csearch_path={name}')}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-        admin.dispose()
+def schema() -> AbstractContextManager[str]:
+    return postgres_schema(PG, prefix="mf_bench")
 
 
 @contextmanager

@@ -69,7 +69,9 @@ import secrets
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import pytest
 
@@ -92,11 +94,36 @@ __all__ = [
     "mailivery_server",
     "mailivery_sim",
     "mailivery_simulator",
+    "postgres_schema",
     "wait_for_state",
 ]
 
 #: The API key the session simulator accepts unless ``mailivery_api_key`` is overridden.
 DEFAULT_API_KEY = "sim-key"
+
+
+@contextmanager
+def postgres_schema(base_url: str, prefix: str = "mf_test") -> Iterator[str]:
+    """A fresh PostgreSQL schema for one test or run, dropped afterwards.
+
+    Yields ``base_url`` with ``options=-csearch_path=<schema>`` added, so every connection made from
+    it (by a flow, a subprocess, Alembic) works inside that schema only.
+    """
+    import sqlalchemy as sa
+
+    schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base_url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        sep = "&" if "?" in base_url else "?"
+        try:
+            yield f"{base_url}{sep}options={quote(f'-csearch_path={schema}')}"
+        finally:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
 
 
 def wait_for_state(

@@ -6,19 +6,16 @@ import argparse
 import json
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
-
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mailbox_flow._resilience import Figures, quiet_logs
 from mailbox_flow.simulator import Simulator, SimulatorServer
+from mailbox_flow.testing import postgres_schema as fresh_schema
 
 PG_URL = os.environ.get(
     "MAILBOX_FLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -30,17 +27,8 @@ SECRET = "stress-webhook-secret-91aa"
 @contextmanager
 def postgres_schema() -> Iterator[str]:
     """A fresh schema on ``PG_URL`` (dropped afterwards); yields a URL whose search_path is it."""
-    schema = f"mf_stress_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(PG_URL, prefix="mf_stress") as url:
+        yield url
 
 
 @contextmanager

@@ -9,16 +9,15 @@ When PostgreSQL cannot be reached the PostgreSQL cases are skipped on a laptop, 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
 import stamina
 
 from mailbox_flow import MailboxFlow, MailiveryClient
+from mailbox_flow.testing import postgres_schema
 
 from .helpers import API_KEY, SECRET
 
@@ -61,17 +60,8 @@ def _postgres_schema_url() -> Iterator[str]:
         if REQUIRE_PG:
             pytest.fail(message + " (CI requires it)", pytrace=False)
         pytest.skip(message)
-    schema = f"mf_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(PG_URL) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

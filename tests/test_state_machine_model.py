@@ -30,10 +30,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import Any
-from urllib.parse import parse_qsl, quote
+from urllib.parse import parse_qsl
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -58,6 +57,7 @@ from mailbox_flow.errors import MailiveryError
 from mailbox_flow.models import utcnow
 from mailbox_flow.simulator import ConsentNotFound, Faults
 from mailbox_flow.states import ACTIVE_STATES
+from mailbox_flow.testing import postgres_schema
 
 from .conftest import PG_URL, _pg_reachable
 from .helpers import API_KEY, SECRET
@@ -456,17 +456,8 @@ def _sqlite() -> Iterator[str]:
 
 @contextmanager
 def _postgres() -> Iterator[str]:
-    schema = f"mf_model_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options={quote(f'-csearch_path={schema}')}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with postgres_schema(PG_URL, prefix="mf_model") as url:
+        yield url
 
 
 def _run(server: Any, database: Callable[[], Any], examples: int, steps: int,
