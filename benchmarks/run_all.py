@@ -19,12 +19,14 @@ FULL = [
     ["handle_webhook.py", "--mailboxes", "500", "--rounds", "3"],
     ["webhook_load.py", "--mailboxes", "250", "--copies", "2", "--connections", "20", "--rounds", "3"],
     ["reconcile_scan.py"],
+    ["workers.py", "--rows", "2000", "--rounds", "3"],
 ]
 QUICK = [
     ["transition.py", "--rows", "300", "--rounds", "3"],
     ["handle_webhook.py", "--mailboxes", "100", "--rounds", "3"],
     ["webhook_load.py", "--mailboxes", "40", "--copies", "2", "--connections", "20", "--rounds", "1"],
     ["reconcile_scan.py", "--rows", "50000"],
+    ["workers.py", "--rows", "300", "--rounds", "1"],
 ]
 
 
