@@ -258,6 +258,12 @@ class Store:
             else:
                 yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
+    @contextmanager
+    def _single(self) -> Iterator[Connection]:
+        """A connection for ONE write statement: atomic on its own, so no BEGIN/COMMIT round trips."""
+        with self._read() as conn:
+            yield conn
+
     @_storage_errors
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[MAILBOX, AUDIT, INBOX])
@@ -383,7 +389,7 @@ class Store:
             "v_request_id": request_id,
             "v_now": now,
         }
-        with self._write() as conn:
+        with self._single() as conn:
             row = conn.execute(_CLAIM, params).first()
         return _to_mailbox(row) if row else None
 
@@ -481,7 +487,7 @@ class Store:
             guard.append(MAILBOX.c.lease_owner == lease_owner)
         else:
             guard += [MAILBOX.c.version == mailbox.version, _not_leased(now)]
-        with self._write() as conn:
+        with self._single() as conn:
             row = conn.execute(
                 sa.update(MAILBOX).where(*guard).values(values).returning(*_MAILBOX_COLS)
             ).first()
@@ -506,7 +512,7 @@ class Store:
         try:
             full = {column.name: None for column in INBOX.columns if column.name != "id"}
             full.update(row)
-            with self._write() as conn:
+            with self._single() as conn:
                 result = conn.execute(_INBOX_INSERT, full).one()
         except IntegrityError:
             if row.get("dedupe_key") is None:
@@ -541,7 +547,7 @@ class Store:
     @_storage_errors
     def touch_delivery(self, delivery_id: int) -> None:
         """Count one more processing attempt of a delivery."""
-        with self._write() as conn:
+        with self._single() as conn:
             conn.execute(_TOUCH_DELIVERY, {"g_id": delivery_id})
 
     @_storage_errors
@@ -556,7 +562,7 @@ class Store:
     ) -> None:
         params = {"g_id": delivery_id, "v_status": status, "v_outcome": outcome, "v_error": error,
                   "v_mailbox_id": mailbox_id, "v_now": utcnow()}
-        with self._write() as conn:
+        with self._single() as conn:
             conn.execute(_FINISH_DELIVERY, params)
 
     @_storage_errors
