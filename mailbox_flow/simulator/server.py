@@ -189,6 +189,7 @@ def run(
         file=sys.stderr,
     )
     try:
-        uvicorn.run(create_app(sim), host=host, port=port, log_level=log_level)
+        # no access log: consent paths carry (simulated) OAuth tokens, which never go to a log line
+        uvicorn.run(create_app(sim), host=host, port=port, log_level=log_level, access_log=False)
     finally:
         sim.close()
