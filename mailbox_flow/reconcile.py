@@ -421,6 +421,23 @@ class _Run:
             self.down = f"Mailivery could not be used ({type(exc).__name__})"
             self.report.errors.append(f"{self.down}: {exc}")
 
+    def handle(self, mailbox: Mailbox, base: Finding, heal: Callable[[Mailbox], _Done | None], *,
+               report_only: bool = False, needs_mailivery: bool = True) -> None:
+        """One mailbox found by a scan: report it, or (fixing) re-read it and heal it under a claim."""
+        if self.leased(mailbox):
+            self.skipped(base)
+            return
+        if not self.fix or report_only:
+            self.add(base, mailbox.flag_reason)
+            return
+        current = self.fresh(mailbox)
+        if current is None:
+            return
+        if self.leased(current):
+            self.skipped(base)
+            return
+        self.record(base, self.attempt(heal, current, needs_mailivery=needs_mailivery), current)
+
     def fresh(self, mailbox: Mailbox) -> Mailbox | None:
         """The mailbox re-read just before acting; None when its state moved on meanwhile."""
         current = self.store.get(mailbox.id)
@@ -621,19 +638,7 @@ class _Run:
         base = self.finding(mailbox, reason, recommended=recommended,
                             remote_status=campaign.status if campaign else None,
                             detail=_drift_text(mailbox, campaign))
-        if self.leased(mailbox):
-            self.skipped(base)
-            return
-        if not self.fix or recommended == _INVESTIGATE:
-            self.add(base, mailbox.flag_reason)
-            return
-        current = self.fresh(mailbox)
-        if current is None:
-            return
-        if self.leased(current):
-            self.skipped(base)
-            return
-        self.record(base, self.attempt(self.heal_drift, current), current)
+        self.handle(mailbox, base, self.heal_drift, report_only=recommended == _INVESTIGATE)
 
     def heal_drift(self, mailbox: Mailbox) -> _Done | None:
         """Re-read the campaign, and act on the drift that is still there."""
@@ -772,19 +777,7 @@ class _Run:
             if mailbox.id in self.seen:
                 continue
             base = self.finding(mailbox, Reason.STUCK_PENDING, detail=_short(mailbox.last_error))
-            if self.leased(mailbox):
-                self.skipped(base)
-                continue
-            if not self.fix:
-                self.add(base, mailbox.flag_reason)
-                continue
-            current = self.fresh(mailbox)
-            if current is None:
-                continue
-            if self.leased(current):
-                self.skipped(base)
-                continue
-            self.record(base, self.attempt(self.heal_pending, current), current)
+            self.handle(mailbox, base, self.heal_pending)
 
     def heal_pending(self, mailbox: Mailbox) -> _Done:
         if mailbox.campaign_id is None:
@@ -808,19 +801,7 @@ class _Run:
                 if mailbox.id in self.seen:
                     continue
                 base = self.finding(mailbox, Reason.ABANDONED_OAUTH)
-                if self.leased(mailbox):
-                    self.skipped(base)
-                    continue
-                if not self.fix:
-                    self.add(base, mailbox.flag_reason)
-                    continue
-                current = self.fresh(mailbox)
-                if current is None:
-                    continue
-                if self.leased(current):
-                    self.skipped(base)
-                    continue
-                self.record(base, self.attempt(self.expire, current, needs_mailivery=False), current)
+                self.handle(mailbox, base, self.expire, needs_mailivery=False)
 
     def expire(self, mailbox: Mailbox) -> _Done:
         moved = self.flow._apply(mailbox, "expire", source=Source.RECONCILER,
