@@ -66,7 +66,7 @@ from .mailivery.client import call_deadline
 from .models import utcnow
 from .settings import Settings
 from .states import Effect, State, Subject, fire, rule_for
-from .store import Store, make_engine
+from .store import Move, Store, make_engine
 from .types import AuditEntry, Delivery, Mailbox, Outcome, Source, WebhookResult
 
 if TYPE_CHECKING:
@@ -321,7 +321,7 @@ class MailboxFlow:
         self, mailbox_id: uuid.UUID | str, delete_remote: bool = False, *, source: Source = Source.API
     ) -> Mailbox:
         """Refuse a ``pending`` mailbox → ``rejected``; with ``delete_remote`` also delete the campaign."""
-        mailbox = self._apply(self.get(mailbox_id), "reject", source=source)
+        mailbox = self._apply_by_id(mailbox_id, "reject", source=source)
         if delete_remote:
             mailbox = self._apply(mailbox, "delete", source=source)
         return mailbox
@@ -332,7 +332,27 @@ class MailboxFlow:
 
     def expire(self, mailbox_id: uuid.UUID | str, *, source: Source = Source.API) -> Mailbox:
         """Give up on an OAuth that was never completed → ``expired`` (no call)."""
-        return self._apply(self.get(mailbox_id), "expire", source=source)
+        return self._apply_by_id(mailbox_id, "expire", source=source)
+
+    def _apply_by_id(self, mailbox_id: uuid.UUID | str, trigger: str, *, source: Source) -> Mailbox:
+        """A transition with no Mailivery call, read and written in one step (the hot path)."""
+        key = _parse_id(mailbox_id)
+
+        def decide(mailbox: Mailbox) -> Move:
+            rule = rule_for(trigger, mailbox.state)
+            if rule is None or rule.effect is not None:
+                raise InvalidTransition(trigger, mailbox.state.value, mailbox.id)
+            subject = Subject(mailbox.state, skip_effect=True, warmed_before=mailbox.warmed_at is not None)
+            return Move(fire(trigger, subject, mailbox.id), trigger, source)
+
+        result = self.store.transition_by_id(key, decide)
+        if result is None:
+            raise MailboxNotFound(key)
+        before, after = result
+        if after is None:
+            raise ConcurrentUpdate(key, trigger)
+        self._log_transition(before, after, trigger, source, None)
+        return after
 
     def reconcile(
         self,

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime
 from functools import lru_cache, wraps
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -231,6 +231,57 @@ def _pg_transition_statement(by_owner: bool, extra: tuple[str, ...]) -> sa.Selec
     return sa.select(*(moved.c[column.name] for column in _MAILBOX_COLS)).add_cte(audit)
 
 
+class Move(NamedTuple):
+    """A pure-database transition chosen by `Store.transition_by_id`'s ``decide``."""
+
+    to_state: State
+    trigger: str
+    source: Source
+    request_id: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+def _transition_parts(
+    mailbox: Mailbox,
+    to_state: State,
+    trigger: str,
+    source: Source,
+    request_id: str | None,
+    detail: dict[str, Any] | None,
+    lease_owner: str | None,
+    values: dict[str, Any] | None,
+) -> tuple[tuple[sa.Update, tuple[str, ...]], dict[str, Any], dict[str, Any]]:
+    """The prebuilt UPDATE (with its extra-column key), its parameters and the audit row."""
+    now = utcnow()
+    extra = dict(values or {})
+    if to_state is State.WARMING and mailbox.warmed_at is None:
+        extra.setdefault("warmed_at", now)
+    keys = tuple(sorted(extra))
+    params: dict[str, Any] = {
+        "g_id": mailbox.id,
+        "g_version": mailbox.version,
+        "g_state": mailbox.state.value,
+        "v_state": to_state.value,
+        "v_now": now,
+        **{f"x_{key}": value for key, value in extra.items()},
+    }
+    if lease_owner:
+        params["g_owner"] = lease_owner
+    else:
+        params["g_now"] = now
+    audit = {
+        "mailbox_id": mailbox.id,
+        "trigger": trigger,
+        "from_state": mailbox.state.value,
+        "to_state": to_state.value,
+        "at": now,
+        "source": source.value,
+        "request_id": request_id,
+        "detail": detail or None,
+    }
+    return (_transition_statement(bool(lease_owner), keys), keys), params, audit
+
+
 class Store:
     """The database side of a flow. Every public method is one short transaction."""
 
@@ -411,46 +462,53 @@ class Store:
         Guarded by version and state, and by the lease: the holder's ``lease_owner`` when the caller
         claimed the row, otherwise "nobody holds an unexpired lease". None when the guard fails.
         """
-        now = utcnow()
-        extra = dict(values or {})
-        if to_state is State.WARMING and mailbox.warmed_at is None:
-            extra.setdefault("warmed_at", now)
-        statement = _transition_statement(bool(lease_owner), tuple(sorted(extra)))
-        params: dict[str, Any] = {
-            "g_id": mailbox.id,
-            "g_version": mailbox.version,
-            "g_state": mailbox.state.value,
-            "v_state": to_state.value,
-            "v_now": now,
-            **{f"x_{key}": value for key, value in extra.items()},
-        }
-        if lease_owner:
-            params["g_owner"] = lease_owner
-        else:
-            params["g_now"] = now
-        audit = {
-            "mailbox_id": mailbox.id,
-            "trigger": trigger,
-            "from_state": mailbox.state.value,
-            "to_state": to_state.value,
-            "at": now,
-            "source": source.value,
-            "request_id": request_id,
-            "detail": detail or None,
-        }
+        statement, params, audit = _transition_parts(
+            mailbox, to_state, trigger, source, request_id, detail, lease_owner, values
+        )
         if not self._sqlite:
             params.update({f"a_{name}": audit[name] for name in _AUDIT_FIELDS})
-            combined = _pg_transition_statement(bool(lease_owner), tuple(sorted(extra)))
+            combined = _pg_transition_statement(bool(lease_owner), statement[1])
             with self.engine.connect() as conn:
                 row = conn.execution_options(isolation_level="AUTOCOMMIT").execute(
                     combined, params).first()
             return _to_mailbox(row) if row else None
         with self._write() as conn:
-            row = conn.execute(statement, params).first()
+            row = conn.execute(statement[0], params).first()
             if row is None:
                 return None
             conn.execute(_AUDIT_INSERT, audit)
         return _to_mailbox(row)
+
+    @_storage_errors
+    def transition_by_id(
+        self, mailbox_id: uuid.UUID, decide: Callable[[Mailbox], Move]
+    ) -> tuple[Mailbox, Mailbox | None] | None:
+        """Read a mailbox, let ``decide`` pick its move (or raise), and make it: a pure-database transition.
+
+        None when there is no such mailbox; ``(before, None)`` when the guard failed (someone holds or
+        changed it). On SQLite the read, the UPDATE and the audit INSERT share one write transaction;
+        on PostgreSQL the read and the (single-statement) write are two autocommit round trips.
+        """
+        if not self._sqlite:
+            before = self.get(mailbox_id)
+            if before is None:
+                return None
+            return before, self.transition(before, **decide(before)._asdict())
+        with self._write() as conn:
+            row = conn.execute(_GET, {"g_id": mailbox_id}).first()
+            if row is None:
+                return None
+            before = _to_mailbox(row)
+            move = decide(before)
+            statement, params, audit = _transition_parts(
+                before, move.to_state, move.trigger, move.source, move.request_id, move.detail,
+                None, None,
+            )
+            after = conn.execute(statement[0], params).first()
+            if after is None:
+                return before, None
+            conn.execute(_AUDIT_INSERT, audit)
+        return before, _to_mailbox(after)
 
     @_storage_errors
     def release(

@@ -579,3 +579,25 @@ def test_missing_schema_says_what_to_run(database_url: str, client: MailiveryCli
     with (MailboxFlow(database_url, client=client, webhook_secret=SECRET) as fresh,
           pytest.raises(StorageError, match="db upgrade")):
         fresh.find_by_email("ada@contoso.com")
+
+
+def test_pure_transitions_by_id(flow: MailboxFlow, sim: Any) -> None:
+    """expire/reject by id: unknown id, wrong state and a held mailbox each raise their typed error."""
+    from datetime import UTC, datetime
+
+    from mailbox_flow import ConcurrentUpdate
+
+    with pytest.raises(MailboxNotFound):
+        flow.expire(uuid.uuid4())
+    with pytest.raises(InvalidInput):
+        flow.reject("not-an-id")
+    mb = connect(flow)
+    with pytest.raises(InvalidTransition):
+        flow.reject(mb.id)
+    assert flow.get(mb.id).version == mb.version and len(flow.history(mb.id)) == 1
+    held = flow.store.claim(mb, owner="other-worker", until=datetime.now(UTC) + timedelta(minutes=1),
+                            trigger="send_oauth", request_id="r-1")
+    assert held is not None
+    with pytest.raises(ConcurrentUpdate):
+        flow.expire(mb.id)
+    assert flow.get(mb.id).state is State.OAUTH_SENT and len(flow.history(mb.id)) == 1
