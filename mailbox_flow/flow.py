@@ -893,39 +893,13 @@ class MailboxFlow:
         if campaign.email != event.email:
             return Outcome.REJECTED, None, f"{reason}; campaign email at Mailivery does not match"
         try:
-            orphan = self.store.insert_mailbox(
-                {
-                    "owner_id": None,
-                    "email": event.email or f"unknown+{event.campaign_id}@invalid",
-                    "first_name": (event.first_name or "")[:255] or None,
-                    "last_name": (event.last_name or "")[:255] or None,
-                    "state": State.REJECTED.value,
-                    "campaign_id": event.campaign_id,
-                },
-                audit={
-                    "trigger": "reject",
-                    "from_state": State.PENDING.value,
-                    "to_state": State.REJECTED.value,
-                    "source": Source.WEBHOOK.value,
-                    "request_id": None,
-                    "detail": {"reason": reason, "campaign_id": event.campaign_id},
-                },
+            orphan = self._insert_orphan(
+                event.campaign_id, event.email or f"unknown+{event.campaign_id}@invalid",
+                event.first_name, event.last_name, Source.WEBHOOK, reason,
             )
         except DuplicateMailbox:
             existing = self.store.get_by_campaign(event.campaign_id)
             return Outcome.IGNORED, existing, "orphan campaign already recorded"
-        log.info(
-            "mailbox_flow.transition",
-            mailbox_id=str(orphan.id),
-            trigger="reject",
-            from_state=State.PENDING.value,
-            to_state=State.REJECTED.value,
-            source=Source.WEBHOOK.value,
-            request_id=None,
-            campaign_id=event.campaign_id,
-            reason=reason,
-            **self._email_fields(orphan.email),
-        )
         # (never delete a campaign someone already started)
         if self.orphan_policy == "delete" and campaign.lifecycle == "pending":
             try:
@@ -934,6 +908,51 @@ class MailboxFlow:
             except MailiveryError as exc:
                 return Outcome.REJECTED, self.store.get(orphan.id), f"{reason}; {_error_text(exc)}"
         return Outcome.REJECTED, orphan, reason
+
+    def _insert_orphan(
+        self,
+        campaign_id: int,
+        email: str,
+        first_name: str | None,
+        last_name: str | None,
+        source: Source,
+        reason: str,
+    ) -> Mailbox:
+        """Record a campaign nobody asked for as a ``rejected`` mailbox with its audit row and log event.
+
+        Raises `DuplicateMailbox` when the campaign is already recorded.
+        """
+        orphan = self.store.insert_mailbox(
+            {
+                "owner_id": None,
+                "email": email,
+                "first_name": (first_name or "")[:255] or None,
+                "last_name": (last_name or "")[:255] or None,
+                "state": State.REJECTED.value,
+                "campaign_id": campaign_id,
+            },
+            audit={
+                "trigger": "reject",
+                "from_state": State.PENDING.value,
+                "to_state": State.REJECTED.value,
+                "source": source.value,
+                "request_id": None,
+                "detail": {"reason": reason, "campaign_id": campaign_id},
+            },
+        )
+        log.info(
+            "mailbox_flow.transition",
+            mailbox_id=str(orphan.id),
+            trigger="reject",
+            from_state=State.PENDING.value,
+            to_state=State.REJECTED.value,
+            source=source.value,
+            request_id=None,
+            campaign_id=campaign_id,
+            reason=reason,
+            **self._email_fields(orphan.email),
+        )
+        return orphan
 
     def _on_deleted(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
         mailbox = self.store.get_by_campaign(event.campaign_id)

@@ -735,28 +735,10 @@ class _Run:
             return _Done(Action.FLAGGED, detail=f"re-read: {campaign.status}, not deleted",
                          recommended=_INVESTIGATE)
         detail = {"reason": Reason.ORPHAN_CAMPAIGN.value, "campaign_id": campaign.id}
-        orphan = self.store.insert_mailbox(
-            {
-                "owner_id": None,
-                "email": campaign.email,
-                "first_name": (campaign.first_name or "")[:255] or None,
-                "last_name": (campaign.last_name or "")[:255] or None,
-                "state": State.REJECTED.value,
-                "campaign_id": campaign.id,
-            },
-            audit={
-                "trigger": "reject",
-                "from_state": State.PENDING.value,
-                "to_state": State.REJECTED.value,
-                "source": Source.RECONCILER.value,
-                "request_id": None,
-                "detail": detail,
-            },
+        orphan = self.flow._insert_orphan(
+            campaign.id, campaign.email, campaign.first_name, campaign.last_name, Source.RECONCILER,
+            Reason.ORPHAN_CAMPAIGN.value,
         )
-        log.info("mailbox_flow.transition", mailbox_id=str(orphan.id), trigger="reject",
-                 from_state=State.PENDING.value, to_state=State.REJECTED.value,
-                 source=Source.RECONCILER.value, request_id=None, campaign_id=campaign.id,
-                 email=orphan.email, reason=Reason.ORPHAN_CAMPAIGN.value)
         try:
             moved = self.flow._apply(orphan, "delete", source=Source.RECONCILER, remote_checked=True,
                                      detail=detail)

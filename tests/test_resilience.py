@@ -733,3 +733,20 @@ def test_email_hash_needs_a_key_and_is_keyed(database_url: str) -> None:
     assert len(one) == 32 and int(one, 16) >= 0
     with pytest.raises(ValueError):
         email_hash("ada@contoso.com", b"")
+
+
+def test_reconciler_orphan_log_respects_email_hashing(database_url: str, api_url: str,
+                                                      sim: Any) -> None:
+    """An orphan recorded by a fixing reconcile logs email_hash, never the address, when hashing is on."""
+    flow = MailboxFlow(database_url, client=MailiveryClient(API_KEY, api_url, rate_per_second=0),
+                       webhook_secret=SECRET, hash_emails_in_logs=True)
+    flow.create_schema()
+    sim.create_campaign(email="stray@example.com", first_name="Stray", send_webhook=False)
+    with capture_logs() as events:
+        flow.reconcile(remote=True, fix=True, delete_orphans=True)
+    rejects = [e for e in events if e.get("event") == "mailbox_flow.transition"
+               and e.get("trigger") == "reject"]
+    assert len(rejects) == 1 and "email" not in rejects[0]
+    assert rejects[0]["email_hash"] == email_hash("stray@example.com", SECRET.encode())
+    assert "stray@example.com" not in json.dumps(events, default=str)
+    flow.close()
