@@ -63,7 +63,8 @@ def _ts(nullable: bool = True, index: bool = False) -> Any:
     return Field(default=None, sa_type=UTCDateTime, nullable=nullable, index=index)
 
 
-_ACTIVE_SQL = "state IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES)))
+#: SQL for "the mailbox is active": the predicate of the one-active-mailbox-per-address unique index.
+ACTIVE_PREDICATE = "state IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(ACTIVE_STATES)))
 
 
 class MailboxRow(SQLModel, table=True):
@@ -82,8 +83,8 @@ class MailboxRow(SQLModel, table=True):
             "uq_mailbox_active_email",
             "email",
             unique=True,
-            sqlite_where=sa.text(_ACTIVE_SQL),
-            postgresql_where=sa.text(_ACTIVE_SQL),
+            sqlite_where=sa.text(ACTIVE_PREDICATE),
+            postgresql_where=sa.text(ACTIVE_PREDICATE),
         ),
     )
 

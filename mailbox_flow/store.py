@@ -26,9 +26,10 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from ._direct import Direct
 from .errors import DuplicateMailbox, MailboxFlowError, StorageError
-from .models import MailboxRow, TransitionRow, WebhookDeliveryRow, metadata, utcnow
-from .states import ACTIVE_STATES, State
+from .models import ACTIVE_PREDICATE, MailboxRow, TransitionRow, WebhookDeliveryRow, metadata, utcnow
+from .states import State
 from .types import AuditEntry, Delivery, Mailbox, Source
 
 __all__ = ["Store", "make_engine"]
@@ -43,7 +44,6 @@ INBOX: sa.Table = WebhookDeliveryRow.__table__  # type: ignore[attr-defined]
 _MAILBOX_COLS = [MAILBOX.c[f.name] for f in fields(Mailbox)]
 _AUDIT_COLS = [AUDIT.c[f.name] for f in fields(AuditEntry)]
 _INBOX_COLS = [INBOX.c[f.name] for f in fields(Delivery)]
-_ACTIVE_VALUES = sorted(s.value for s in ACTIVE_STATES)
 
 
 def make_engine(database_url: str, *, echo: bool = False) -> Engine:
@@ -130,6 +130,21 @@ def _to_delivery(row: Any) -> Delivery:
     return Delivery(**data)
 
 
+_STATE_AT = [column.name for column in _MAILBOX_COLS].index("state")
+_BODY_AT = [column.name for column in _INBOX_COLS].index("body")
+
+
+def _mailbox_of(values: list[Any]) -> Mailbox:
+    """A `Mailbox` from a direct-path row (values in ``_MAILBOX_COLS`` order)."""
+    values[_STATE_AT] = State(values[_STATE_AT])
+    return Mailbox(*values)
+
+
+def _delivery_of(values: list[Any]) -> Delivery:
+    values[_BODY_AT] = bytes(values[_BODY_AT])
+    return Delivery(*values)
+
+
 def _not_leased(now: datetime) -> sa.ColumnElement[bool]:
     return sa.or_(MAILBOX.c.lease_until.is_(None), MAILBOX.c.lease_until < now)
 
@@ -143,6 +158,11 @@ def _p(name: str, column: sa.Column[Any]) -> sa.BindParameter[Any]:
 _GET = sa.select(*_MAILBOX_COLS).where(MAILBOX.c.id == _p("g_id", MAILBOX.c.id))
 _GET_BY_CAMPAIGN = sa.select(*_MAILBOX_COLS).where(
     MAILBOX.c.campaign_id == _p("g_campaign", MAILBOX.c.campaign_id)
+)
+# The active-state condition written as the partial unique index's predicate (so the planner uses
+# that index, and the statement has no IN-list parameters to expand per execution).
+_FIND_ACTIVE = sa.select(*_MAILBOX_COLS).where(
+    MAILBOX.c.email == _p("g_email", MAILBOX.c.email), sa.text(ACTIVE_PREDICATE)
 )
 _GUARD = (
     MAILBOX.c.id == _p("g_id", MAILBOX.c.id),
@@ -177,6 +197,24 @@ _CLEARED_ON_TRANSITION: dict[str, Any] = {
     "flagged_at": None,
 }
 _AUDIT_INSERT = sa.insert(AUDIT)
+# The stuck/expired scans' keyset pages: the first, and every next one after (changed_at, id).
+_SCAN_STATE_WHERE = (
+    MAILBOX.c.state == _p("g_state", MAILBOX.c.state),
+    MAILBOX.c.state_changed_at < _p("g_before", MAILBOX.c.state_changed_at),
+)
+_SCAN_STATE_FIRST = (
+    sa.select(*_MAILBOX_COLS)
+    .where(*_SCAN_STATE_WHERE)
+    .order_by(MAILBOX.c.state_changed_at, MAILBOX.c.id)
+    .limit(sa.bindparam("g_limit", type_=sa.Integer))
+)
+_SCAN_STATE_NEXT = _SCAN_STATE_FIRST.where(
+    MAILBOX.c.state_changed_at >= _p("g_after_at", MAILBOX.c.state_changed_at),
+    sa.or_(
+        MAILBOX.c.state_changed_at > _p("g_after_at", MAILBOX.c.state_changed_at),
+        MAILBOX.c.id > _p("g_after_id", MAILBOX.c.id),
+    ),
+)
 _INBOX_INSERT = sa.insert(INBOX).returning(*_INBOX_COLS)
 _GET_DELIVERY_BY_KEY = sa.select(*_INBOX_COLS).where(
     INBOX.c.dedupe_key == _p("g_key", INBOX.c.dedupe_key)
@@ -214,6 +252,8 @@ def _transition_statement(by_owner: bool, extra: tuple[str, ...]) -> sa.Update:
 
 
 _AUDIT_FIELDS = ("trigger", "from_state", "to_state", "at", "source", "request_id", "detail")
+_AUDIT_KEYS = ("mailbox_id", *_AUDIT_FIELDS)
+_INBOX_KEYS = tuple(column.name for column in INBOX.columns if column.name != "id")
 
 
 @lru_cache(maxsize=128)
@@ -288,6 +328,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sqlite = engine.dialect.name == "sqlite"
+        self._direct = Direct(engine)
 
     @property
     def dialect(self) -> str:
@@ -354,27 +395,29 @@ class Store:
             raise DuplicateMailbox(row["email"], existing.id if existing else None) from exc
         return _to_mailbox(result)
 
+    def _one_mailbox(self, statement: sa.Select[Any] | sa.Update, params: dict[str, Any]
+                     ) -> Mailbox | None:
+        """The first row of one prebuilt statement (in autocommit) as a `Mailbox`."""
+        direct = self._direct
+        if direct.usable:
+            with direct.connection() as raw:
+                values = direct.first(raw, direct.prepared(statement, columns=_MAILBOX_COLS), params)
+            return _mailbox_of(values) if values is not None else None
+        with self._single() as conn:
+            row = conn.execute(statement, params).first()
+        return _to_mailbox(row) if row else None
+
     @_storage_errors
     def get(self, mailbox_id: uuid.UUID) -> Mailbox | None:
-        with self._read() as conn:
-            row = conn.execute(_GET, {"g_id": mailbox_id}).first()
-        return _to_mailbox(row) if row else None
+        return self._one_mailbox(_GET, {"g_id": mailbox_id})
 
     @_storage_errors
     def get_by_campaign(self, campaign_id: int) -> Mailbox | None:
-        with self._read() as conn:
-            row = conn.execute(_GET_BY_CAMPAIGN, {"g_campaign": campaign_id}).first()
-        return _to_mailbox(row) if row else None
+        return self._one_mailbox(_GET_BY_CAMPAIGN, {"g_campaign": campaign_id})
 
     @_storage_errors
     def find_active_by_email(self, email: str) -> Mailbox | None:
-        with self._read() as conn:
-            row = conn.execute(
-                sa.select(*_MAILBOX_COLS).where(
-                    MAILBOX.c.email == email, MAILBOX.c.state.in_(_ACTIVE_VALUES)
-                )
-            ).first()
-        return _to_mailbox(row) if row else None
+        return self._one_mailbox(_FIND_ACTIVE, {"g_email": email})
 
     @_storage_errors
     def find_latest_by_email(self, email: str) -> Mailbox | None:
@@ -440,9 +483,7 @@ class Store:
             "v_request_id": request_id,
             "v_now": now,
         }
-        with self._single() as conn:
-            row = conn.execute(_CLAIM, params).first()
-        return _to_mailbox(row) if row else None
+        return self._one_mailbox(_CLAIM, params)
 
     @_storage_errors
     def transition(
@@ -465,6 +506,10 @@ class Store:
         statement, params, audit = _transition_parts(
             mailbox, to_state, trigger, source, request_id, detail, lease_owner, values
         )
+        direct = self._direct
+        if direct.usable:
+            with direct.connection(transaction=self._sqlite) as raw:
+                return self._direct_transition(raw, bool(lease_owner), statement, params, audit)
         if not self._sqlite:
             params.update({f"a_{name}": audit[name] for name in _AUDIT_FIELDS})
             combined = _pg_transition_statement(bool(lease_owner), statement[1])
@@ -489,6 +534,20 @@ class Store:
         changed it). On SQLite the read, the UPDATE and the audit INSERT share one write transaction;
         on PostgreSQL the read and the (single-statement) write are two autocommit round trips.
         """
+        direct = self._direct
+        if direct.usable:
+            with direct.connection(transaction=self._sqlite) as raw:
+                values = direct.first(raw, direct.prepared(_GET, columns=_MAILBOX_COLS),
+                                      {"g_id": mailbox_id})
+                if values is None:
+                    return None
+                current = _mailbox_of(values)
+                move = decide(current)
+                statement, params, audit = _transition_parts(
+                    current, move.to_state, move.trigger, move.source, move.request_id, move.detail,
+                    None, None,
+                )
+                return current, self._direct_transition(raw, False, statement, params, audit)
         if not self._sqlite:
             before = self.get(mailbox_id)
             if before is None:
@@ -509,6 +568,31 @@ class Store:
                 return before, None
             conn.execute(_AUDIT_INSERT, audit)
         return before, _to_mailbox(after)
+
+    def _direct_transition(
+        self,
+        raw: Any,
+        by_owner: bool,
+        statement: tuple[sa.Update, tuple[str, ...]],
+        params: dict[str, Any],
+        audit: dict[str, Any],
+    ) -> Mailbox | None:
+        """The guarded UPDATE and its audit INSERT on a direct-path connection.
+
+        PostgreSQL: one data-modifying statement (autocommit). SQLite: two statements inside the
+        caller's write transaction.
+        """
+        direct = self._direct
+        if not self._sqlite:
+            params.update({f"a_{name}": audit[name] for name in _AUDIT_FIELDS})
+            combined = _pg_transition_statement(by_owner, statement[1])
+            values = direct.first(raw, direct.prepared(combined, columns=_MAILBOX_COLS), params)
+            return _mailbox_of(values) if values is not None else None
+        values = direct.first(raw, direct.prepared(statement[0], columns=_MAILBOX_COLS), params)
+        if values is None:
+            return None
+        direct.run(raw, direct.prepared(_AUDIT_INSERT, column_keys=_AUDIT_KEYS), audit)
+        return _mailbox_of(values)
 
     @_storage_errors
     def release(
@@ -568,15 +652,13 @@ class Store:
         """Store a delivery; None when its ``dedupe_key`` is already in the inbox."""
         row = {"received_at": utcnow(), "attempts": 0, **values}
         try:
-            full = {column.name: None for column in INBOX.columns if column.name != "id"}
+            full = dict.fromkeys(_INBOX_KEYS)
             full.update(row)
-            with self._single() as conn:
-                result = conn.execute(_INBOX_INSERT, full).one()
+            return self._one_delivery(_INBOX_INSERT, full, _INBOX_KEYS)  # RETURNING: never None
         except IntegrityError:
             if row.get("dedupe_key") is None:
                 raise
             return None
-        return _to_delivery(result)
 
     @_storage_errors
     def get_delivery(self, delivery_id: int) -> Delivery | None:
@@ -586,8 +668,19 @@ class Store:
 
     @_storage_errors
     def get_delivery_by_key(self, dedupe_key: str) -> Delivery | None:
-        with self._read() as conn:
-            row = conn.execute(_GET_DELIVERY_BY_KEY, {"g_key": dedupe_key}).first()
+        return self._one_delivery(_GET_DELIVERY_BY_KEY, {"g_key": dedupe_key})
+
+    def _one_delivery(self, statement: sa.Select[Any] | sa.Insert, params: dict[str, Any],
+                      column_keys: Sequence[str] | None = None) -> Delivery | None:
+        """The first row of one prebuilt statement (in autocommit) as a `Delivery`."""
+        direct = self._direct
+        if direct.usable:
+            with direct.connection() as raw:
+                prepared = direct.prepared(statement, column_keys=column_keys, columns=_INBOX_COLS)
+                values = direct.first(raw, prepared, params)
+            return _delivery_of(values) if values is not None else None
+        with self._single() as conn:
+            row = conn.execute(statement, params).first()
         return _to_delivery(row) if row else None
 
     @_storage_errors
@@ -605,8 +698,7 @@ class Store:
     @_storage_errors
     def touch_delivery(self, delivery_id: int) -> None:
         """Count one more processing attempt of a delivery."""
-        with self._single() as conn:
-            conn.execute(_TOUCH_DELIVERY, {"g_id": delivery_id})
+        self._single_statement(_TOUCH_DELIVERY, {"g_id": delivery_id})
 
     @_storage_errors
     def finish_delivery(
@@ -620,8 +712,17 @@ class Store:
     ) -> None:
         params = {"g_id": delivery_id, "v_status": status, "v_outcome": outcome, "v_error": error,
                   "v_mailbox_id": mailbox_id, "v_now": utcnow()}
+        self._single_statement(_FINISH_DELIVERY, params)
+
+    def _single_statement(self, statement: sa.Update, params: dict[str, Any]) -> None:
+        """One prebuilt write that returns nothing, in autocommit."""
+        direct = self._direct
+        if direct.usable:
+            with direct.connection() as raw:
+                direct.run(raw, direct.prepared(statement), params)
+            return
         with self._single() as conn:
-            conn.execute(_FINISH_DELIVERY, params)
+            conn.execute(statement, params)
 
     @_storage_errors
     def count(self, table: str) -> int:
@@ -641,22 +742,16 @@ class Store:
         the last row of the previous one (keyset pagination), so memory stays bounded by ``batch_size``,
         no transaction stays open between batches, and rows that leave the state meanwhile are fine.
         """
-        after: tuple[datetime, uuid.UUID] | None = None
+        params: dict[str, Any] = {"g_state": State(state).value, "g_before": changed_before,
+                                  "g_limit": batch_size}
+        statement = _SCAN_STATE_FIRST
         while True:
-            query = sa.select(*_MAILBOX_COLS).where(
-                MAILBOX.c.state == State(state).value, MAILBOX.c.state_changed_at < changed_before
-            )
-            if after is not None:
-                query = query.where(
-                    MAILBOX.c.state_changed_at >= after[0],
-                    sa.or_(MAILBOX.c.state_changed_at > after[0], MAILBOX.c.id > after[1]),
-                )
-            query = query.order_by(MAILBOX.c.state_changed_at, MAILBOX.c.id).limit(batch_size)
-            batch = self._batch(query)
+            batch = self._mailboxes_of(statement, params)
             yield from batch
             if len(batch) < batch_size:
                 return
-            after = (batch[-1].state_changed_at, batch[-1].id)
+            statement = _SCAN_STATE_NEXT
+            params["g_after_at"], params["g_after_id"] = batch[-1].state_changed_at, batch[-1].id
 
     def scan_stale_intents(self, *, now: datetime, batch_size: int = 500) -> Iterator[Mailbox]:
         """Mailboxes that carry an intent nobody holds (lease expired or released), by id, in batches."""
@@ -728,6 +823,17 @@ class Store:
                 .values(attempts=INBOX.c.attempts + 1)
             )
             return bool(result.rowcount == 1)
+
+    @_storage_errors
+    def _mailboxes_of(self, statement: sa.Select[Any], params: dict[str, Any]) -> list[Mailbox]:
+        """Every row of one prebuilt read as `Mailbox` snapshots."""
+        direct = self._direct
+        if direct.usable:
+            with direct.connection() as raw:
+                rows = direct.all(raw, direct.prepared(statement, columns=_MAILBOX_COLS), params)
+            return [_mailbox_of(values) for values in rows]
+        with self._read() as conn:
+            return [_to_mailbox(r) for r in conn.execute(statement, params)]
 
     @_storage_errors
     def _batch(self, query: sa.Select[Any]) -> list[Mailbox]:
