@@ -9,6 +9,8 @@ transaction, indexes built afterwards; the flow is not involved), then measures 
 - streamed (`Store.scan_state`: keyset pagination, ``--batch-size`` rows per read) against loading the
   whole result at once (`Store.mailboxes`, one query, one list);
 - with the ``(state, state_changed_at)`` index and without it (the index dropped);
+- against a full scan: raw sqlite3 reading every row of the table (all columns, no conversion to
+  objects), the floor of any reconciler that looks at every mailbox;
 - a whole dry-run ``flow.reconcile()`` (every phase; the first run also writes the stuck mailboxes'
   flags, the second finds them already set), and the stale-intent scan, which has no index of its own
   (and with the partial index ``ON mailbox (id) WHERE intent_trigger IS NOT NULL`` proposed for it).
@@ -178,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         def load_all() -> int:
             return len(store.mailboxes(states=[State.PENDING], changed_before=cutoff))
 
+        def full_scan() -> int:
+            columns = ", ".join(c.name for c in MAILBOX.columns)
+            with sqlite3.connect(path) as conn:
+                cursor = conn.execute(f"SELECT {columns} FROM mailbox")
+                count = 0
+                while batch := cursor.fetchmany(args.batch_size):
+                    count += len(batch)
+            return count
+
         def stale() -> int:
             return sum(1 for _ in store.scan_stale_intents(now=datetime.now(UTC),
                                                            batch_size=args.batch_size))
@@ -187,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"plan with the index:    {plan(store, cutoff)}")
         indexed_stream = measure("stuck scan, streamed, indexed", streamed, args.repeat)
+        full = measure("full scan, raw sqlite3, every row", full_scan, args.repeat)
         indexed_all = measure("stuck scan, load all, indexed", load_all, args.repeat)
         stale_indexed = measure("stale-intent scan, partial index on intents", stale, args.repeat)
         with store.engine.begin() as conn:  # pooled SQLite connections keep old plans: dispose
@@ -211,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nstuck mailboxes found: {indexed_stream.rows:,} (batch size {args.batch_size})\n")
     rows = [
         # figure, its baseline, what the ratio says
+        (indexed_stream, full, "time", "stuck scan / full scan (time)"),
         (indexed_stream, plain_stream, "time", "faster with the index"),
         (indexed_all, plain_all, "time", "faster with the index"),
         (indexed_stream, indexed_all, "time", "streamed / loaded (time)"),
@@ -232,10 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             value, ref = figure.peak_bytes, base.peak_bytes
             text, ref_text = mib(value), mib(ref)
             ratio = ref / max(value, 1)
-        print(f"{figure.name:<{name_w}}  {text:>12}  {ref_text:>12}  {ratio:7.1f}x {what} "
+        print(f"{figure.name:<{name_w}}  {text:>12}  {ref_text:>12}  {ratio:7.2f}x {what} "
               f"(vs {base.name})")
     print("\npeak memory (tracemalloc):")
-    for figure in (indexed_stream, indexed_all, plain_stream, plain_all, stale_scan, first_dry, dry):
+    for figure in (indexed_stream, indexed_all, plain_stream, plain_all, full, stale_scan, first_dry,
+                   dry):
         print(f"  {figure.name:<{name_w}}  {mib(figure.peak_bytes):>12}")
     return 0
 

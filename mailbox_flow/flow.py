@@ -24,6 +24,7 @@ campaign is re-read from Mailivery before any warmup call. A payload alone never
 from __future__ import annotations
 
 import builtins
+import functools
 import hashlib
 import hmac
 import json
@@ -345,7 +346,7 @@ class MailboxFlow:
             subject = Subject(mailbox.state, skip_effect=True, warmed_before=mailbox.warmed_at is not None)
             return Move(fire(trigger, subject, mailbox.id), trigger, source)
 
-        result = self.store.transition_by_id(key, decide)
+        result = self.store.transition_by_id(key, decide, _one_step_move(trigger, source))
         if result is None:
             raise MailboxNotFound(key)
         before, after = result
@@ -1025,6 +1026,19 @@ def _effect_seen(effect: Effect | None, campaign: Campaign | None) -> bool:
     if effect is Effect.DELETE:
         return campaign is None or campaign.lifecycle == "deleted"
     return False  # a connect only mints a URL: nothing to see, repeating it is safe
+
+
+@functools.lru_cache(maxsize=64)
+def _one_step_move(trigger: str, source: Source) -> tuple[frozenset[State], Move] | None:
+    """The states ``trigger`` moves from and the move, when that move is the same from all of them.
+
+    Then PostgreSQL can read, move and audit a mailbox in one statement (`Store.transition_by_id`).
+    """
+    rules = {state: rule for state in State if (rule := rule_for(trigger, state)) is not None}
+    dests = {rule.dest for rule in rules.values()}
+    if len(dests) != 1 or any(r.effect is not None or r.condition for r in rules.values()):
+        return None
+    return frozenset(rules), Move(dests.pop(), trigger, source)
 
 
 def _parse_id(mailbox_id: uuid.UUID | str) -> uuid.UUID:

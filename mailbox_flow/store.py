@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -216,6 +217,13 @@ _SCAN_STATE_NEXT = _SCAN_STATE_FIRST.where(
     ),
 )
 _INBOX_INSERT = sa.insert(INBOX).returning(*_INBOX_COLS)
+# A repeated dedupe key inserts nothing and returns no row (no error, no exception to unwind).
+_INBOX_INSERT_NEW = {
+    name: module.insert(INBOX)
+    .on_conflict_do_nothing(index_elements=[INBOX.c.dedupe_key])
+    .returning(*_INBOX_COLS)
+    for name, module in (("postgresql", postgresql), ("sqlite", sqlite))
+}
 _GET_DELIVERY_BY_KEY = sa.select(*_INBOX_COLS).where(
     INBOX.c.dedupe_key == _p("g_key", INBOX.c.dedupe_key)
 )
@@ -269,6 +277,48 @@ def _pg_transition_statement(by_owner: bool, extra: tuple[str, ...]) -> sa.Selec
         sa.select(moved.c.id, *(_p(f"a_{name}", AUDIT.c[name]) for name in _AUDIT_FIELDS)),
     ).cte("audit")
     return sa.select(*(moved.c[column.name] for column in _MAILBOX_COLS)).add_cte(audit)
+
+
+@lru_cache(maxsize=32)
+def _pg_move_by_id_statement(sources: tuple[str, ...]) -> sa.Select[Any]:
+    """PostgreSQL: read a mailbox, move it (when in ``sources`` and free) and audit it, in one statement.
+
+    Returns one row when the mailbox exists: its columns before, then after (all NULL when the guard
+    failed). The UPDATE re-checks version and state on the row it locks, so a concurrent change makes
+    it move nothing rather than act on the stale read. (Short labels keep the SQL under psycopg's
+    4 KB limit for caching a query's conversion: above it, converting costs more than the round trip.)
+    """
+    before = sa.select(*_MAILBOX_COLS).where(MAILBOX.c.id == _p("g_id", MAILBOX.c.id)).cte("before")
+    moved = (
+        sa.update(MAILBOX)
+        .where(
+            MAILBOX.c.id == before.c.id,
+            MAILBOX.c.version == before.c.version,
+            MAILBOX.c.state.in_([sa.literal(state, MAILBOX.c.state.type) for state in sources]),
+            _FREE,
+        )
+        .values(
+            state=_p("v_state", MAILBOX.c.state),
+            version=MAILBOX.c.version + 1,
+            state_changed_at=_p("v_now", MAILBOX.c.state_changed_at),
+            updated_at=_p("v_now", MAILBOX.c.updated_at),
+            **_CLEARED_ON_TRANSITION,
+        )
+        .returning(*_MAILBOX_COLS)
+        .cte("moved")
+    )
+    audit_values = [_p(f"a_{name}", AUDIT.c[name]) for name in _AUDIT_FIELDS]
+    audit_values[_AUDIT_FIELDS.index("from_state")] = before.c.state  # type: ignore[call-overload]
+    audit = sa.insert(AUDIT).from_select(
+        ["mailbox_id", *_AUDIT_FIELDS],
+        sa.select(moved.c.id, *audit_values).select_from(moved.join(before, sa.true())),
+    ).cte("audit")
+    return (
+        sa.select(*(before.c[c.name] for c in _MAILBOX_COLS),
+                  *(moved.c[c.name].label(f"n{i}") for i, c in enumerate(_MAILBOX_COLS)))
+        .select_from(before.outerjoin(moved, sa.true()))
+        .add_cte(audit)
+    )
 
 
 class Move(NamedTuple):
@@ -526,15 +576,22 @@ class Store:
 
     @_storage_errors
     def transition_by_id(
-        self, mailbox_id: uuid.UUID, decide: Callable[[Mailbox], Move]
+        self,
+        mailbox_id: uuid.UUID,
+        decide: Callable[[Mailbox], Move],
+        expected: tuple[frozenset[State], Move] | None = None,
     ) -> tuple[Mailbox, Mailbox | None] | None:
         """Read a mailbox, let ``decide`` pick its move (or raise), and make it: a pure-database transition.
 
         None when there is no such mailbox; ``(before, None)`` when the guard failed (someone holds or
-        changed it). On SQLite the read, the UPDATE and the audit INSERT share one write transaction;
-        on PostgreSQL the read and the (single-statement) write are two autocommit round trips.
+        changed it). On SQLite the read, the UPDATE and the audit INSERT share one write transaction.
+        On PostgreSQL, ``expected`` (the states ``decide`` moves from, and the move it picks from each
+        of them) lets the read, the guarded UPDATE and the audit INSERT run as one statement; ``decide``
+        then runs on the row as it was read, and must agree with what was written.
         """
         direct = self._direct
+        if expected is not None and direct.usable and not self._sqlite:
+            return self._pg_move_by_id(mailbox_id, decide, *expected)
         if direct.usable:
             with direct.connection(transaction=self._sqlite) as raw:
                 values = direct.first(raw, direct.prepared(_GET, columns=_MAILBOX_COLS),
@@ -568,6 +625,33 @@ class Store:
                 return before, None
             conn.execute(_AUDIT_INSERT, audit)
         return before, _to_mailbox(after)
+
+    def _pg_move_by_id(
+        self, mailbox_id: uuid.UUID, decide: Callable[[Mailbox], Move], sources: frozenset[State],
+        move: Move,
+    ) -> tuple[Mailbox, Mailbox | None] | None:
+        """`transition_by_id` on PostgreSQL in one round trip (see `_pg_move_by_id_statement`)."""
+        direct = self._direct
+        statement = _pg_move_by_id_statement(tuple(sorted(s.value for s in sources)))
+        now = utcnow()
+        params: dict[str, Any] = {
+            "g_id": mailbox_id, "g_now": now, "v_state": move.to_state.value, "v_now": now,
+            "a_trigger": move.trigger, "a_to_state": move.to_state.value, "a_at": now,
+            "a_source": move.source.value, "a_request_id": move.request_id,
+            "a_detail": move.detail or None,
+        }
+        with direct.connection() as raw:
+            prepared = direct.prepared(statement, columns=[*_MAILBOX_COLS, *_MAILBOX_COLS])
+            values = direct.first(raw, prepared, params)
+        if values is None:
+            return None
+        width = len(_MAILBOX_COLS)
+        before = _mailbox_of(values[:width])
+        after = _mailbox_of(values[width:]) if values[width] is not None else None
+        decided = decide(before)  # raises for a state the move is not allowed from
+        if after is not None and decided != move:
+            raise RuntimeError(f"the machine moved {before.id} with {decided}, not {move}")
+        return before, after
 
     def _direct_transition(
         self,
@@ -651,10 +735,11 @@ class Store:
     def insert_delivery(self, values: dict[str, Any]) -> Delivery | None:
         """Store a delivery; None when its ``dedupe_key`` is already in the inbox."""
         row = {"received_at": utcnow(), "attempts": 0, **values}
+        full = dict.fromkeys(_INBOX_KEYS)
+        full.update(row)
+        statement = _INBOX_INSERT_NEW.get(self.dialect, _INBOX_INSERT)
         try:
-            full = dict.fromkeys(_INBOX_KEYS)
-            full.update(row)
-            return self._one_delivery(_INBOX_INSERT, full, _INBOX_KEYS)  # RETURNING: never None
+            return self._one_delivery(statement, full, _INBOX_KEYS)
         except IntegrityError:
             if row.get("dedupe_key") is None:
                 raise

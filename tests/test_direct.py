@@ -219,3 +219,54 @@ def test_keyset_scan_pages_alike_on_both_paths(flow: MailboxFlow) -> None:
         plain = list(store.scan_state(State.PENDING, changed_before=cutoff, batch_size=2))
     assert direct == plain == expected
     assert list(store.scan_state(State.PENDING, changed_before=same, batch_size=2)) == []
+
+
+@pytest.mark.postgres
+def test_every_direct_statement_fits_psycopgs_conversion_cache(postgres_url: str) -> None:
+    """psycopg converts (and caches) a query only up to a length: above it, every call re-parses it.
+
+    Runs the webhook-free hot paths once, then checks every statement the direct path prepared.
+    """
+    from psycopg import _queries
+
+    flow = MailboxFlow(postgres_url, webhook_secret="x")
+    flow.create_schema()
+    store = flow.store
+    run_hot_path(flow, "sized", 7)
+    flow.reject(seed(store, "rejected", State.PENDING).id)
+    store.insert_delivery({"dedupe_key": "s1", "body": b"{}", "status": "received"})
+    store.get_delivery_by_key("s1")
+    list(store.scan_state(State.PENDING, changed_before=utcnow(), batch_size=1))
+    prepared = [entry[1] for entry in store._direct._prepared.values()]
+    assert len(prepared) >= 8
+    too_long = [p.sql[:80] for p in prepared if len(p.sql) > _queries.MAX_CACHED_STATEMENT_LENGTH]
+    assert too_long == []
+    flow.close()
+
+
+def test_pure_transition_by_id_outcomes(flow: MailboxFlow) -> None:
+    """expire by id (one statement on PostgreSQL): moved and audited from the state it was read in,
+    refused from a state it is not allowed from, refused while leased, not found; nothing half-written.
+    """
+    from mailbox_flow import ConcurrentUpdate, MailboxNotFound
+
+    store = flow.store
+    for state in (State.OAUTH_SENT, State.REQUESTED):
+        mailbox = seed(store, f"from-{state.value}", state)
+        moved = flow.expire(mailbox.id)
+        assert (moved.state, moved.version) == (State.EXPIRED, mailbox.version + 1)
+        [entry] = store.history(mailbox.id)
+        assert (entry.trigger, entry.from_state, entry.to_state) == ("expire", state, State.EXPIRED)
+    pending = seed(store, "still-pending", State.PENDING)
+    leased = store.claim(seed(store, "leased"), owner="w9", until=utcnow() + timedelta(minutes=1),
+                         trigger="send_oauth", request_id="r")
+    assert leased is not None
+    audit_rows = store.count("mailbox_transition")
+    with pytest.raises(InvalidTransition):
+        flow.expire(pending.id)
+    with pytest.raises(ConcurrentUpdate):
+        flow.expire(leased.id)
+    with pytest.raises(MailboxNotFound):
+        flow.expire(uuid.uuid4())
+    assert store.get(pending.id) == pending and store.get(leased.id) == leased
+    assert store.count("mailbox_transition") == audit_rows
