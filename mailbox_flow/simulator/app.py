@@ -437,7 +437,8 @@ def _authorized(request: Request, sim: Simulator) -> bool:
 
 
 async def _dispatch(request: Request, sim: Simulator, method: str, path: str) -> Response:
-    delay = sim.faults.latency_for(method, path)
+    faults = sim.faults  # the faults in force when the request arrived, even after a slow sleep
+    delay = faults.latency_for(method, path)
     if delay:
         await anyio.sleep(delay)
     if not _authorized(request, sim):
@@ -447,7 +448,7 @@ async def _dispatch(request: Request, sim: Simulator, method: str, path: str) ->
             "Missing or invalid API key: send Authorization: Bearer <API_KEY>.",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    failure = sim.faults.pick_failure(method, path)
+    failure = faults.pick_failure(method, path)
     if failure is not None and not failure.after_effect:
         return _failure_response(failure)
     relative = path[len(API_PREFIX) :].rstrip("/") or "/"
