@@ -16,16 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.compiler import SQLCompiler
 
-__all__ = ["Direct", "Prepared"]
+__all__ = ["Direct", "DirectRunner", "EngineRunner", "Prepared", "Runner", "Statement"]
 
 Processor = Callable[[Any], Any] | None
+#: What the runners execute: prebuilt Core statements (module constants, compiled once).
+Statement = sa.Select[Any] | sa.Update | sa.Insert
 
 
 class Prepared:
@@ -35,14 +36,13 @@ class Prepared:
 
     def __init__(
         self,
-        statement: sa.ClauseElement,
+        statement: Statement,
         dialect: sa.Dialect,
         *,
         column_keys: Sequence[str] | None = None,
         columns: Sequence[sa.ColumnElement[Any]] = (),
     ) -> None:
-        compiled = cast(SQLCompiler, statement.compile(dialect=dialect,
-                                                       column_keys=list(column_keys or ()) or None))
+        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys or ()) or None)
         if any(bind.expanding for bind in compiled.binds.values()):
             raise ValueError("a directly executed statement cannot have IN-list parameters to expand")
         self.sql = compiled.string
@@ -106,7 +106,7 @@ class Direct:
 
     def prepared(
         self,
-        statement: sa.ClauseElement,
+        statement: Statement,
         *,
         column_keys: Sequence[str] | None = None,
         columns: Sequence[sa.ColumnElement[Any]] = (),
@@ -161,31 +161,82 @@ class Direct:
                     pooled.invalidate()
             pooled.close()
 
-    def first(self, conn: Any, prepared: Prepared, values: Mapping[str, Any]) -> list[Any] | None:
-        """Execute and return the first row, processed (None when there is none)."""
-        cursor = conn.cursor()
+    @contextmanager
+    def runner(self, *, transaction: bool = False) -> Iterator[DirectRunner]:
+        """A `DirectRunner` on a pooled connection (see `connection`)."""
+        with self.connection(transaction=transaction) as conn:
+            yield DirectRunner(self, conn)
+
+
+class Runner(Protocol):
+    """Runs prebuilt statements on one connection; rows come back as value lists in column order."""
+
+    def first(self, statement: Statement, params: Mapping[str, Any], *,
+              columns: Sequence[sa.ColumnElement[Any]] = (),
+              column_keys: Sequence[str] | None = None) -> list[Any] | None:
+        """The first row (None when there is none)."""
+
+    def all(self, statement: Statement, params: Mapping[str, Any], *,
+            columns: Sequence[sa.ColumnElement[Any]] = ()) -> list[list[Any]]:
+        """Every row."""
+
+    def run(self, statement: Statement, params: Mapping[str, Any], *,
+            column_keys: Sequence[str] | None = None) -> None:
+        """A statement whose rows, if any, are not needed."""
+
+
+class DirectRunner:
+    """`Runner` on a DBAPI connection: statements prepared by `Direct`, rows through their processors."""
+
+    def __init__(self, direct: Direct, conn: Any) -> None:
+        self._direct = direct
+        self._conn = conn
+
+    def _execute(self, statement: Statement, params: Mapping[str, Any],
+                 columns: Sequence[sa.ColumnElement[Any]], column_keys: Sequence[str] | None,
+                 fetch: Callable[[Any], Any]) -> tuple[Prepared, Any]:
+        prepared = self._direct.prepared(statement, column_keys=column_keys, columns=columns)
+        cursor = self._conn.cursor()
         try:
-            cursor.execute(prepared.sql, prepared.parameters(values))
-            raw = cursor.fetchone()
+            cursor.execute(prepared.sql, prepared.parameters(params))
+            return prepared, fetch(cursor)
         finally:
             cursor.close()
+
+    def first(self, statement: Statement, params: Mapping[str, Any], *,
+              columns: Sequence[sa.ColumnElement[Any]] = (),
+              column_keys: Sequence[str] | None = None) -> list[Any] | None:
+        prepared, raw = self._execute(statement, params, columns, column_keys,
+                                      lambda cursor: cursor.fetchone())
         return prepared.row(raw) if raw is not None else None
 
-    def all(self, conn: Any, prepared: Prepared, values: Mapping[str, Any]) -> list[list[Any]]:
-        """Execute and return every row, processed."""
-        cursor = conn.cursor()
-        try:
-            cursor.execute(prepared.sql, prepared.parameters(values))
-            raw = cursor.fetchall()
-        finally:
-            cursor.close()
-        return [prepared.row(r) for r in raw]
+    def all(self, statement: Statement, params: Mapping[str, Any], *,
+            columns: Sequence[sa.ColumnElement[Any]] = ()) -> list[list[Any]]:
+        prepared, raw = self._execute(statement, params, columns, None,
+                                      lambda cursor: cursor.fetchall())
+        return [prepared.row(values) for values in raw]
 
-    def run(self, conn: Any, prepared: Prepared, values: Mapping[str, Any]) -> int:
-        """Execute a statement that returns no rows; its row count."""
-        cursor = conn.cursor()
-        try:
-            cursor.execute(prepared.sql, prepared.parameters(values))
-            return int(cursor.rowcount)
-        finally:
-            cursor.close()
+    def run(self, statement: Statement, params: Mapping[str, Any], *,
+            column_keys: Sequence[str] | None = None) -> None:
+        self._execute(statement, params, (), column_keys, lambda _cursor: None)
+
+
+class EngineRunner:
+    """`Runner` through SQLAlchemy's execution (when something observes it, or SQL is echoed)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def first(self, statement: Statement, params: Mapping[str, Any], *,
+              columns: Sequence[sa.ColumnElement[Any]] = (),
+              column_keys: Sequence[str] | None = None) -> list[Any] | None:
+        row = self._conn.execute(statement, params).first()
+        return list(row) if row is not None else None
+
+    def all(self, statement: Statement, params: Mapping[str, Any], *,
+            columns: Sequence[sa.ColumnElement[Any]] = ()) -> list[list[Any]]:
+        return [list(row) for row in self._conn.execute(statement, params)]
+
+    def run(self, statement: Statement, params: Mapping[str, Any], *,
+            column_keys: Sequence[str] | None = None) -> None:
+        self._conn.execute(statement, params)

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from ._direct import Direct
+from ._direct import Direct, EngineRunner, Runner, Statement
 from .errors import DuplicateMailbox, MailboxFlowError, StorageError
 from .models import ACTIVE_PREDICATE, MailboxRow, TransitionRow, WebhookDeliveryRow, metadata, utcnow
 from .states import State
@@ -110,12 +110,6 @@ def _storage_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _to_mailbox(row: Any) -> Mailbox:
-    data = dict(row._mapping)
-    data["state"] = State(data["state"])
-    return Mailbox(**data)
-
-
 def _to_audit(row: Any) -> AuditEntry:
     data = dict(row._mapping)
     data["from_state"] = State(data["from_state"])
@@ -125,18 +119,12 @@ def _to_audit(row: Any) -> AuditEntry:
     return AuditEntry(**data)
 
 
-def _to_delivery(row: Any) -> Delivery:
-    data = dict(row._mapping)
-    data["body"] = bytes(data["body"])
-    return Delivery(**data)
-
-
 _STATE_AT = [column.name for column in _MAILBOX_COLS].index("state")
 _BODY_AT = [column.name for column in _INBOX_COLS].index("body")
 
 
 def _mailbox_of(values: list[Any]) -> Mailbox:
-    """A `Mailbox` from a direct-path row (values in ``_MAILBOX_COLS`` order)."""
+    """A `Mailbox` from a row's values (in ``_MAILBOX_COLS`` order: every mailbox query selects them)."""
     values[_STATE_AT] = State(values[_STATE_AT])
     return Mailbox(*values)
 
@@ -198,6 +186,7 @@ _CLEARED_ON_TRANSITION: dict[str, Any] = {
     "flagged_at": None,
 }
 _AUDIT_INSERT = sa.insert(AUDIT)
+_MAILBOX_INSERT = sa.insert(MAILBOX).returning(*_MAILBOX_COLS)
 # The stuck/expired scans' keyset pages: the first, and every next one after (changed_at, id).
 _SCAN_STATE_WHERE = (
     MAILBOX.c.state == _p("g_state", MAILBOX.c.state),
@@ -406,6 +395,23 @@ class Store:
         with self._read() as conn:
             yield conn
 
+    @contextmanager
+    def _runner(self, *, transaction: bool = False) -> Iterator[Runner]:
+        """Where the prebuilt statements run: the direct path, or SQLAlchemy's when it is observed.
+
+        Without ``transaction``, each statement commits on its own (autocommit: no BEGIN/COMMIT round
+        trips); with it, all of them commit together (``BEGIN IMMEDIATE`` on SQLite).
+        """
+        if self._direct.usable:
+            with self._direct.runner(transaction=transaction) as runner:
+                yield runner
+        elif transaction:
+            with self._write() as conn:
+                yield EngineRunner(conn)
+        else:
+            with self._single() as conn:
+                yield EngineRunner(conn)
+
     @_storage_errors
     def create_schema(self) -> None:
         metadata.create_all(self.engine, tables=[MAILBOX, AUDIT, INBOX])
@@ -434,28 +440,24 @@ class Store:
             **values,
         }
         try:
-            with self._write() as conn:
-                result = conn.execute(sa.insert(MAILBOX).values(row).returning(*_MAILBOX_COLS)).one()
+            with self._runner(transaction=True) as run:
+                result = run.first(_MAILBOX_INSERT, row, columns=_MAILBOX_COLS, column_keys=sorted(row))
                 if audit is not None:
-                    conn.execute(sa.insert(AUDIT).values(mailbox_id=row["id"], at=now, **audit))
+                    first_entry = {"mailbox_id": row["id"], "at": now, **audit}
+                    run.run(_AUDIT_INSERT, first_entry, column_keys=sorted(first_entry))
         except IntegrityError as exc:
             existing = self.find_active_by_email(row["email"])
             if existing is None and row.get("campaign_id") is not None:
                 existing = self.get_by_campaign(row["campaign_id"])
             raise DuplicateMailbox(row["email"], existing.id if existing else None) from exc
-        return _to_mailbox(result)
+        assert result is not None  # INSERT ... RETURNING returns its row
+        return _mailbox_of(result)
 
-    def _one_mailbox(self, statement: sa.Select[Any] | sa.Update, params: dict[str, Any]
-                     ) -> Mailbox | None:
+    def _one_mailbox(self, statement: Statement, params: dict[str, Any]) -> Mailbox | None:
         """The first row of one prebuilt statement (in autocommit) as a `Mailbox`."""
-        direct = self._direct
-        if direct.usable:
-            with direct.connection() as raw:
-                values = direct.first(raw, direct.prepared(statement, columns=_MAILBOX_COLS), params)
-            return _mailbox_of(values) if values is not None else None
-        with self._single() as conn:
-            row = conn.execute(statement, params).first()
-        return _to_mailbox(row) if row else None
+        with self._runner() as run:
+            values = run.first(statement, params, columns=_MAILBOX_COLS)
+        return _mailbox_of(values) if values is not None else None
 
     @_storage_errors
     def get(self, mailbox_id: uuid.UUID) -> Mailbox | None:
@@ -478,7 +480,7 @@ class Store:
                 .order_by(MAILBOX.c.created_at.desc())
                 .limit(1)
             ).first()
-        return _to_mailbox(row) if row else None
+        return _mailbox_of(list(row)) if row else None
 
     @_storage_errors
     def mailboxes(
@@ -500,7 +502,7 @@ class Store:
         if limit is not None:
             query = query.limit(limit)
         with self._read() as conn:
-            return [_to_mailbox(r) for r in conn.execute(query)]
+            return [_mailbox_of(list(r)) for r in conn.execute(query)]
 
     @_storage_errors
     def history(self, mailbox_id: uuid.UUID) -> list[AuditEntry]:
@@ -556,23 +558,8 @@ class Store:
         statement, params, audit = _transition_parts(
             mailbox, to_state, trigger, source, request_id, detail, lease_owner, values
         )
-        direct = self._direct
-        if direct.usable:
-            with direct.connection(transaction=self._sqlite) as raw:
-                return self._direct_transition(raw, bool(lease_owner), statement, params, audit)
-        if not self._sqlite:
-            params.update({f"a_{name}": audit[name] for name in _AUDIT_FIELDS})
-            combined = _pg_transition_statement(bool(lease_owner), statement[1])
-            with self.engine.connect() as conn:
-                row = conn.execution_options(isolation_level="AUTOCOMMIT").execute(
-                    combined, params).first()
-            return _to_mailbox(row) if row else None
-        with self._write() as conn:
-            row = conn.execute(statement[0], params).first()
-            if row is None:
-                return None
-            conn.execute(_AUDIT_INSERT, audit)
-        return _to_mailbox(row)
+        with self._runner(transaction=self._sqlite) as run:
+            return self._transition_with(run, bool(lease_owner), statement, params, audit)
 
     @_storage_errors
     def transition_by_id(
@@ -587,51 +574,28 @@ class Store:
         changed it). On SQLite the read, the UPDATE and the audit INSERT share one write transaction.
         On PostgreSQL, ``expected`` (the states ``decide`` moves from, and the move it picks from each
         of them) lets the read, the guarded UPDATE and the audit INSERT run as one statement; ``decide``
-        then runs on the row as it was read, and must agree with what was written.
+        then runs on the row as it was read, and must agree with what was written. Without it, the
+        read and the (single-statement) write are two autocommit round trips.
         """
-        direct = self._direct
-        if expected is not None and direct.usable and not self._sqlite:
+        if expected is not None and not self._sqlite:
             return self._pg_move_by_id(mailbox_id, decide, *expected)
-        if direct.usable:
-            with direct.connection(transaction=self._sqlite) as raw:
-                values = direct.first(raw, direct.prepared(_GET, columns=_MAILBOX_COLS),
-                                      {"g_id": mailbox_id})
-                if values is None:
-                    return None
-                current = _mailbox_of(values)
-                move = decide(current)
-                statement, params, audit = _transition_parts(
-                    current, move.to_state, move.trigger, move.source, move.request_id, move.detail,
-                    None, None,
-                )
-                return current, self._direct_transition(raw, False, statement, params, audit)
-        if not self._sqlite:
-            before = self.get(mailbox_id)
-            if before is None:
+        with self._runner(transaction=self._sqlite) as run:
+            values = run.first(_GET, {"g_id": mailbox_id}, columns=_MAILBOX_COLS)
+            if values is None:
                 return None
-            return before, self.transition(before, **decide(before)._asdict())
-        with self._write() as conn:
-            row = conn.execute(_GET, {"g_id": mailbox_id}).first()
-            if row is None:
-                return None
-            before = _to_mailbox(row)
-            move = decide(before)
+            current = _mailbox_of(values)
+            move = decide(current)
             statement, params, audit = _transition_parts(
-                before, move.to_state, move.trigger, move.source, move.request_id, move.detail,
+                current, move.to_state, move.trigger, move.source, move.request_id, move.detail,
                 None, None,
             )
-            after = conn.execute(statement[0], params).first()
-            if after is None:
-                return before, None
-            conn.execute(_AUDIT_INSERT, audit)
-        return before, _to_mailbox(after)
+            return current, self._transition_with(run, False, statement, params, audit)
 
     def _pg_move_by_id(
         self, mailbox_id: uuid.UUID, decide: Callable[[Mailbox], Move], sources: frozenset[State],
         move: Move,
     ) -> tuple[Mailbox, Mailbox | None] | None:
         """`transition_by_id` on PostgreSQL in one round trip (see `_pg_move_by_id_statement`)."""
-        direct = self._direct
         statement = _pg_move_by_id_statement(tuple(sorted(s.value for s in sources)))
         now = utcnow()
         params: dict[str, Any] = {
@@ -640,9 +604,8 @@ class Store:
             "a_source": move.source.value, "a_request_id": move.request_id,
             "a_detail": move.detail or None,
         }
-        with direct.connection() as raw:
-            prepared = direct.prepared(statement, columns=[*_MAILBOX_COLS, *_MAILBOX_COLS])
-            values = direct.first(raw, prepared, params)
+        with self._runner() as run:
+            values = run.first(statement, params, columns=[*_MAILBOX_COLS, *_MAILBOX_COLS])
         if values is None:
             return None
         width = len(_MAILBOX_COLS)
@@ -653,29 +616,28 @@ class Store:
             raise RuntimeError(f"the machine moved {before.id} with {decided}, not {move}")
         return before, after
 
-    def _direct_transition(
+    def _transition_with(
         self,
-        raw: Any,
+        run: Runner,
         by_owner: bool,
         statement: tuple[sa.Update, tuple[str, ...]],
         params: dict[str, Any],
         audit: dict[str, Any],
     ) -> Mailbox | None:
-        """The guarded UPDATE and its audit INSERT on a direct-path connection.
+        """The guarded UPDATE and its audit INSERT.
 
         PostgreSQL: one data-modifying statement (autocommit). SQLite: two statements inside the
         caller's write transaction.
         """
-        direct = self._direct
         if not self._sqlite:
             params.update({f"a_{name}": audit[name] for name in _AUDIT_FIELDS})
             combined = _pg_transition_statement(by_owner, statement[1])
-            values = direct.first(raw, direct.prepared(combined, columns=_MAILBOX_COLS), params)
+            values = run.first(combined, params, columns=_MAILBOX_COLS)
             return _mailbox_of(values) if values is not None else None
-        values = direct.first(raw, direct.prepared(statement[0], columns=_MAILBOX_COLS), params)
+        values = run.first(statement[0], params, columns=_MAILBOX_COLS)
         if values is None:
             return None
-        direct.run(raw, direct.prepared(_AUDIT_INSERT, column_keys=_AUDIT_KEYS), audit)
+        run.run(_AUDIT_INSERT, audit, column_keys=_AUDIT_KEYS)
         return _mailbox_of(values)
 
     @_storage_errors
@@ -717,7 +679,7 @@ class Store:
             row = conn.execute(
                 sa.update(MAILBOX).where(*guard).values(values).returning(*_MAILBOX_COLS)
             ).first()
-        return _to_mailbox(row) if row else None
+        return _mailbox_of(list(row)) if row else None
 
     @_storage_errors
     def flag(self, mailbox_id: uuid.UUID, reason: str | None) -> None:
@@ -749,24 +711,18 @@ class Store:
     def get_delivery(self, delivery_id: int) -> Delivery | None:
         with self._read() as conn:
             row = conn.execute(sa.select(*_INBOX_COLS).where(INBOX.c.id == delivery_id)).first()
-        return _to_delivery(row) if row else None
+        return _delivery_of(list(row)) if row else None
 
     @_storage_errors
     def get_delivery_by_key(self, dedupe_key: str) -> Delivery | None:
         return self._one_delivery(_GET_DELIVERY_BY_KEY, {"g_key": dedupe_key})
 
-    def _one_delivery(self, statement: sa.Select[Any] | sa.Insert, params: dict[str, Any],
+    def _one_delivery(self, statement: Statement, params: dict[str, Any],
                       column_keys: Sequence[str] | None = None) -> Delivery | None:
         """The first row of one prebuilt statement (in autocommit) as a `Delivery`."""
-        direct = self._direct
-        if direct.usable:
-            with direct.connection() as raw:
-                prepared = direct.prepared(statement, column_keys=column_keys, columns=_INBOX_COLS)
-                values = direct.first(raw, prepared, params)
-            return _delivery_of(values) if values is not None else None
-        with self._single() as conn:
-            row = conn.execute(statement, params).first()
-        return _to_delivery(row) if row else None
+        with self._runner() as run:
+            values = run.first(statement, params, columns=_INBOX_COLS, column_keys=column_keys)
+        return _delivery_of(values) if values is not None else None
 
     @_storage_errors
     def list_deliveries(
@@ -778,7 +734,7 @@ class Store:
         if received_before is not None:
             query = query.where(INBOX.c.received_at < received_before)
         with self._read() as conn:
-            return [_to_delivery(r) for r in conn.execute(query.order_by(INBOX.c.id))]
+            return [_delivery_of(list(r)) for r in conn.execute(query.order_by(INBOX.c.id))]
 
     @_storage_errors
     def touch_delivery(self, delivery_id: int) -> None:
@@ -801,13 +757,8 @@ class Store:
 
     def _single_statement(self, statement: sa.Update, params: dict[str, Any]) -> None:
         """One prebuilt write that returns nothing, in autocommit."""
-        direct = self._direct
-        if direct.usable:
-            with direct.connection() as raw:
-                direct.run(raw, direct.prepared(statement), params)
-            return
-        with self._single() as conn:
-            conn.execute(statement, params)
+        with self._runner() as run:
+            run.run(statement, params)
 
     @_storage_errors
     def count(self, table: str) -> int:
@@ -912,23 +863,18 @@ class Store:
     @_storage_errors
     def _mailboxes_of(self, statement: sa.Select[Any], params: dict[str, Any]) -> list[Mailbox]:
         """Every row of one prebuilt read as `Mailbox` snapshots."""
-        direct = self._direct
-        if direct.usable:
-            with direct.connection() as raw:
-                rows = direct.all(raw, direct.prepared(statement, columns=_MAILBOX_COLS), params)
-            return [_mailbox_of(values) for values in rows]
-        with self._read() as conn:
-            return [_to_mailbox(r) for r in conn.execute(statement, params)]
+        with self._runner() as run:
+            return [_mailbox_of(values) for values in run.all(statement, params, columns=_MAILBOX_COLS)]
 
     @_storage_errors
     def _batch(self, query: sa.Select[Any]) -> list[Mailbox]:
         with self._read() as conn:
-            return [_to_mailbox(r) for r in conn.execute(query)]
+            return [_mailbox_of(list(r)) for r in conn.execute(query)]
 
     @_storage_errors
     def _delivery_batch(self, query: sa.Select[Any]) -> list[Delivery]:
         with self._read() as conn:
-            return [_to_delivery(r) for r in conn.execute(query)]
+            return [_delivery_of(list(r)) for r in conn.execute(query)]
 
     @_storage_errors
     def flag_many(self, mailbox_ids: Sequence[uuid.UUID], reason: str) -> None:
