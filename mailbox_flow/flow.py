@@ -399,6 +399,7 @@ class MailboxFlow:
         values_from_result: Callable[[Any], dict[str, Any]] | None = None,
         detail: dict[str, Any] | None = None,
         remote_checked: bool = False,
+        pre_claimed: str | None = None,
     ) -> Mailbox:
         """Run ``trigger`` on ``mailbox``: validate, claim, call Mailivery, commit and audit.
 
@@ -407,6 +408,8 @@ class MailboxFlow:
         attempt whose outcome is unknown (its worker died, or Mailivery's answer was lost), the campaign
         is re-read first and, if Mailivery already shows the effect, the transition is committed without
         calling again; ``remote_checked`` says the caller has just read the campaign itself.
+        ``pre_claimed``: the request id of the lease for ``trigger`` that the transition which produced
+        ``mailbox`` already took for this worker (see `_claim_values`); no separate claim is made.
         """
         rule = rule_for(trigger, mailbox.state)
         if rule is None:
@@ -431,17 +434,27 @@ class MailboxFlow:
             return moved
 
         effect_call = call or self._effect_call(mailbox, rule.effect)
-        request_id = str(uuid.uuid4())
-        started = time.monotonic()
-        claimed = self.store.claim(
-            mailbox,
-            owner=self.worker_id,
-            until=utcnow() + self.lease,
-            trigger=trigger,
-            request_id=request_id,
-        )
-        if claimed is None:
-            raise ConcurrentUpdate(mailbox.id, trigger)
+        if pre_claimed is not None:
+            if (mailbox.intent_trigger != trigger or mailbox.intent_request_id != pre_claimed
+                    or mailbox.lease_until is None):
+                raise RuntimeError(f"{mailbox.id} was not claimed for {trigger!r} by this worker")
+            claimed, request_id = mailbox, pre_claimed
+            # the lease runs from when it was taken: the same deadline as a claim made just now
+            lease_left = (mailbox.lease_until - utcnow()).total_seconds()
+            started = time.monotonic() + lease_left - self.lease.total_seconds()
+        else:
+            request_id = str(uuid.uuid4())
+            started = time.monotonic()
+            taken = self.store.claim(
+                mailbox,
+                owner=self.worker_id,
+                until=utcnow() + self.lease,
+                trigger=trigger,
+                request_id=request_id,
+            )
+            if taken is None:
+                raise ConcurrentUpdate(mailbox.id, trigger)
+            claimed = taken
         with call_deadline(started + self.lease.total_seconds() * _LEASE_USABLE):
             if (
                 mailbox.intent_trigger is not None
@@ -825,14 +838,28 @@ class MailboxFlow:
             return Outcome.REJECTED, None, "campaign not found at Mailivery"
         if campaign.email != candidate.email:
             return Outcome.REJECTED, None, "campaign email at Mailivery does not match the delivery"
+        values: dict[str, Any] = {"campaign_id": event.campaign_id}
+        trigger, already = _warm_plan(candidate, campaign)
+        claim_id = None
+        if trigger is not None and not already:
+            # Take the lease for the warmup call in the same write that marks the mailbox pending:
+            # one statement (and one commit) less, and the intent is on record from that moment on.
+            values.update(self._claim_values(trigger))
+            claim_id = values["intent_request_id"]
         mailbox = self._apply(
             candidate,
             "mark_pending",
             source=Source.WEBHOOK,
-            values={"campaign_id": event.campaign_id},
+            values=values,
             detail={"campaign_id": event.campaign_id, "event": event.type[:64]},
         )
-        return self._warm(mailbox, campaign, Source.WEBHOOK)
+        return self._warm(mailbox, campaign, Source.WEBHOOK, pre_claimed=claim_id)
+
+    def _claim_values(self, trigger: str) -> dict[str, Any]:
+        """The columns of this worker's lease for ``trigger``, to set with another transition."""
+        now = utcnow()
+        return {"lease_owner": self.worker_id, "lease_until": now + self.lease,
+                "intent_trigger": trigger, "intent_request_id": str(uuid.uuid4()), "intent_at": now}
 
     def _verify_and_warm(
         self, mailbox: Mailbox, source: Source
@@ -849,19 +876,15 @@ class MailboxFlow:
         return self._warm(mailbox, campaign, source)
 
     def _warm(
-        self, mailbox: Mailbox, campaign: Campaign, source: Source
+        self, mailbox: Mailbox, campaign: Campaign, source: Source, *, pre_claimed: str | None = None
     ) -> tuple[Outcome, Mailbox | None, str | None]:
         """Start (new) or resume (warmed before / paused at Mailivery) a verified ``pending`` mailbox."""
-        lifecycle = campaign.lifecycle
-        if lifecycle not in ("pending", "paused", "active"):
+        trigger, already = _warm_plan(mailbox, campaign)
+        if trigger is None:
             self.store.flag(mailbox.id, "remote_status")
             return (Outcome.PENDING, self.store.get(mailbox.id),
                     f"campaign status at Mailivery is {campaign.status!r}")
-        resume = mailbox.warmed_at is not None or lifecycle == "paused"
-        trigger = "resume" if resume else "start"
-        # Already active at Mailivery (an earlier call took effect but its answer was lost, or someone
-        # started it elsewhere): record the transition without calling again.
-        already = lifecycle == "active"
+        resume = trigger == "resume"
         detail: dict[str, Any] | None = None
         if already:
             detail = {"already_active_at_mailivery": True}
@@ -869,7 +892,8 @@ class MailboxFlow:
                 detail["intent_request_id"] = mailbox.intent_request_id
         try:
             warmed = self._apply(mailbox, trigger, source=source, warmed_before=resume,
-                                 skip_effect=already, remote_checked=True, detail=detail)
+                                 skip_effect=already, remote_checked=True, detail=detail,
+                                 pre_claimed=pre_claimed)
         except ConcurrentUpdate:
             raise
         except MailiveryError as exc:
@@ -1026,6 +1050,18 @@ def _effect_seen(effect: Effect | None, campaign: Campaign | None) -> bool:
     if effect is Effect.DELETE:
         return campaign is None or campaign.lifecycle == "deleted"
     return False  # a connect only mints a URL: nothing to see, repeating it is safe
+
+
+def _warm_plan(mailbox: Mailbox, campaign: Campaign) -> tuple[str | None, bool]:
+    """How to warm a verified mailbox: ``start`` or ``resume`` (None: the campaign's status does not
+    allow it), and whether Mailivery already shows it active (then no call is made: an earlier call
+    took effect but its answer was lost, or someone started it elsewhere).
+    """
+    lifecycle = campaign.lifecycle
+    if lifecycle not in ("pending", "paused", "active"):
+        return None, False
+    resume = mailbox.warmed_at is not None or lifecycle == "paused"
+    return ("resume" if resume else "start"), lifecycle == "active"
 
 
 @functools.lru_cache(maxsize=64)

@@ -601,3 +601,39 @@ def test_pure_transitions_by_id(flow: MailboxFlow, sim: Any) -> None:
     with pytest.raises(ConcurrentUpdate):
         flow.expire(mb.id)
     assert flow.get(mb.id).state is State.OAUTH_SENT and len(flow.history(mb.id)) == 1
+
+
+def test_webhook_round_trips_to_the_database(flow: MailboxFlow, sim: Any) -> None:
+    """A new delivery: store it, find its mailbox (by campaign, then address), mark it pending while
+    taking the lease for the warmup call, commit warming, finish the delivery. A duplicate: store it
+    as such, read the original, read the mailbox. (Counted through a cursor listener, so on SQLite a
+    write transaction shows its BEGIN IMMEDIATE and the audit INSERT as statements of their own.)
+    """
+    import sqlalchemy as sa
+
+    mb = connect(flow)
+    body = consent(sim, mb)
+    seen: list[str] = []
+
+    def listener(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(" ".join(statement.split()[:3]))
+
+    sa.event.listen(flow.store.engine, "before_cursor_execute", listener)
+    try:
+        assert flow.handle_webhook(body, secret=SECRET).outcome is Outcome.STARTED
+        new, seen[:] = list(seen), []
+        assert flow.handle_webhook(body, secret=SECRET).outcome is Outcome.DUPLICATE
+        duplicate = list(seen)
+    finally:
+        sa.event.remove(flow.store.engine, "before_cursor_execute", listener)
+    transition = (["BEGIN IMMEDIATE", "UPDATE mailbox SET", "INSERT INTO mailbox_transition"]
+                  if flow.store.dialect == "sqlite" else ["WITH moved AS"])
+    assert new == [
+        "INSERT INTO webhook_delivery", "SELECT mailbox.id, mailbox.owner_id,",
+        "SELECT mailbox.id, mailbox.owner_id,", *transition, *transition,
+        "UPDATE webhook_delivery SET",
+    ]
+    assert duplicate == [
+        "INSERT INTO webhook_delivery", "SELECT webhook_delivery.id, webhook_delivery.received_at,",
+        "INSERT INTO webhook_delivery", "SELECT mailbox.id, mailbox.owner_id,",
+    ]

@@ -343,15 +343,21 @@ def test_timed_out_call_keeps_its_claim_while_it_may_land(
     faults.fail_next(3, status=500, path_contains="start-warmup")
     with pytest.raises(MailiveryTransportError):
         flow.start_warmup(mb.id)  # 3 x 500, then a timeout: the 4th request lands 0.2 s later
+    held = other.get(mb.id)
+    assert held.intent_trigger == "start" and held.lease_until is not None
     early = other.reconcile(stuck_after=timedelta(0), fix=True)  # while the request may still land
     time.sleep(0.45)
     late = other.reconcile(stuck_after=timedelta(0), fix=True)
     ok = warmup_calls(sim)[mb.campaign_id].successful("start")
     assert len(ok) == 1, f"{len(ok)} successful start-warmup calls"
-    assert not early.clean and {f.action.value for f in early.findings} == {"skipped"}
-    assert late.clean, late.to_dict()
-    assert [(f.reason.value, f.action.value) for f in late.findings] == [
-        ("stale_intent", "completed")]
+    if early.started_at < held.lease_until:  # (a loaded machine may start it after the hold)
+        assert not early.clean and {f.action.value for f in early.findings} == {"skipped"}
+        assert late.clean, late.to_dict()
+        assert [(f.reason.value, f.action.value) for f in late.findings] == [
+            ("stale_intent", "completed")]
+    else:  # the hold was over and the late request had landed: the re-read sees it active and
+        # records warming without a call (the one-successful-call assertion above holds either way)
+        assert early.clean and {f.action.value for f in early.findings} <= {"completed", "started"}
     assert other.get(mb.id).state is State.WARMING
     flow.close()
     other.close()
