@@ -34,6 +34,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -67,7 +68,7 @@ from .mailivery.client import call_deadline
 from .models import utcnow
 from .settings import Settings
 from .states import Effect, State, Subject, fire, rule_for
-from .store import Move, Store, make_engine
+from .store import Finish, Move, Store, make_engine
 from .types import AuditEntry, Delivery, Mailbox, Outcome, Source, WebhookResult
 
 if TYPE_CHECKING:
@@ -400,6 +401,7 @@ class MailboxFlow:
         detail: dict[str, Any] | None = None,
         remote_checked: bool = False,
         pre_claimed: str | None = None,
+        finish: Finish | None = None,
     ) -> Mailbox:
         """Run ``trigger`` on ``mailbox``: validate, claim, call Mailivery, commit and audit.
 
@@ -410,6 +412,7 @@ class MailboxFlow:
         calling again; ``remote_checked`` says the caller has just read the campaign itself.
         ``pre_claimed``: the request id of the lease for ``trigger`` that the transition which produced
         ``mailbox`` already took for this worker (see `_claim_values`); no separate claim is made.
+        ``finish``: the webhook delivery to mark finished in the same write as the transition.
         """
         rule = rule_for(trigger, mailbox.state)
         if rule is None:
@@ -426,7 +429,7 @@ class MailboxFlow:
                             mailbox.id)
             moved = self.store.transition(
                 mailbox, to_state=to_state, trigger=trigger, source=source, request_id=None,
-                detail=detail, values=values,
+                detail=detail, values=values, finish=finish,
             )
             if moved is None:
                 raise ConcurrentUpdate(mailbox.id, trigger)
@@ -477,7 +480,7 @@ class MailboxFlow:
                         claimed.id,
                     )
                     return self._commit(mailbox, claimed, to_state, trigger, source, None,
-                                        detail, dict(values or {}))
+                                        detail, dict(values or {}), finish)
             subject = Subject(
                 claimed.state,
                 run_effect=lambda _effect: effect_call(request_id),
@@ -497,7 +500,7 @@ class MailboxFlow:
         if isinstance(subject.effect_result, dict) and subject.effect_result.get("already_gone"):
             detail["remote_missing"] = True
         return self._commit(mailbox, claimed, to_state, trigger, source, request_id, detail,
-                            new_values)
+                            new_values, finish)
 
     def _commit(
         self,
@@ -509,11 +512,12 @@ class MailboxFlow:
         request_id: str | None,
         detail: dict[str, Any],
         values: dict[str, Any],
+        finish: Finish | None = None,
     ) -> Mailbox:
         """Move a claimed mailbox to ``to_state`` (only while the claim is still ours) and log it."""
         moved = self.store.transition(
             claimed, to_state=to_state, trigger=trigger, source=source, request_id=request_id,
-            detail=detail, lease_owner=self.worker_id, values=values,
+            detail=detail, lease_owner=self.worker_id, values=values, finish=finish,
         )
         if moved is None:  # our lease ran out and someone else took the row meanwhile
             raise ConcurrentUpdate(before.id, trigger)
@@ -754,8 +758,9 @@ class MailboxFlow:
     def _process(self, delivery: Delivery, event: WebhookEvent, *, counted: bool = False) -> WebhookResult:
         if not counted:  # a new delivery is stored with its first attempt already counted
             self.store.touch_delivery(delivery.id)
+        finishing = _Finishing(delivery.id)
         try:
-            outcome, mailbox, detail = self._dispatch(event)
+            outcome, mailbox, detail = self._dispatch(event, finishing)
         except MailiveryUnavailable as exc:
             self.store.finish_delivery(
                 delivery.id, status="failed", outcome=Outcome.DEFERRED.value, error=_error_text(exc)
@@ -776,13 +781,14 @@ class MailboxFlow:
             Outcome.IGNORED: "ignored",
             Outcome.DUPLICATE: "duplicate",
         }.get(outcome, "processed")
-        self.store.finish_delivery(
-            delivery.id,
-            status=status,
-            outcome=outcome.value,
-            error=detail if status != "processed" else None,
-            mailbox_id=mailbox.id if mailbox else None,
-        )
+        if not finishing.done:  # (a warmup finishes its delivery in its own transition's write)
+            self.store.finish_delivery(
+                delivery.id,
+                status=status,
+                outcome=outcome.value,
+                error=detail if status != "processed" else None,
+                mailbox_id=mailbox.id if mailbox else None,
+            )
         self._log_webhook(event, outcome, delivery.id, mailbox)
         return WebhookResult(outcome, mailbox, delivery.id, detail)
 
@@ -798,13 +804,14 @@ class MailboxFlow:
             mailbox_id=str(mailbox.id) if mailbox else None,
         )
 
-    def _dispatch(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
+    def _dispatch(self, event: WebhookEvent, finishing: _Finishing | None = None
+                  ) -> tuple[Outcome, Mailbox | None, str | None]:
         if event.type in _CONNECTED:
-            return self._on_connected(event)
+            return self._on_connected(event, finishing)
         if event.type == "campaign.deleted":
             return self._on_deleted(event)
         if event.type == "campaign.updated":
-            return self._on_updated(event)
+            return self._on_updated(event, finishing)
         return self._on_other(event)
 
     def _read_campaign(self, campaign_id: int) -> Campaign | None:
@@ -814,11 +821,12 @@ class MailboxFlow:
         except MailiveryNotFound:
             return None
 
-    def _on_connected(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
+    def _on_connected(self, event: WebhookEvent, finishing: _Finishing | None = None
+                      ) -> tuple[Outcome, Mailbox | None, str | None]:
         linked = self.store.get_by_campaign(event.campaign_id)
         if linked is not None:
             if linked.state is State.PENDING:
-                return self._verify_and_warm(linked, Source.WEBHOOK)
+                return self._verify_and_warm(linked, Source.WEBHOOK, finishing)
             return Outcome.IGNORED, linked, f"campaign already handled (mailbox {linked.state.value})"
         if event.email is None:
             return Outcome.REJECTED, None, "the delivery carries no usable email"
@@ -853,7 +861,8 @@ class MailboxFlow:
             values=values,
             detail={"campaign_id": event.campaign_id, "event": event.type[:64]},
         )
-        return self._warm(mailbox, campaign, Source.WEBHOOK, pre_claimed=claim_id)
+        return self._warm(mailbox, campaign, Source.WEBHOOK, pre_claimed=claim_id,
+                          finishing=finishing)
 
     def _claim_values(self, trigger: str) -> dict[str, Any]:
         """The columns of this worker's lease for ``trigger``, to set with another transition."""
@@ -862,7 +871,7 @@ class MailboxFlow:
                 "intent_trigger": trigger, "intent_request_id": str(uuid.uuid4()), "intent_at": now}
 
     def _verify_and_warm(
-        self, mailbox: Mailbox, source: Source
+        self, mailbox: Mailbox, source: Source, finishing: _Finishing | None = None
     ) -> tuple[Outcome, Mailbox | None, str | None]:
         """Re-read the campaign of a ``pending`` mailbox, then start or resume it."""
         assert mailbox.campaign_id is not None
@@ -873,10 +882,11 @@ class MailboxFlow:
         if campaign.email != mailbox.email:
             self.store.flag(mailbox.id, "remote_email_mismatch")
             return Outcome.PENDING, self.store.get(mailbox.id), "campaign email does not match"
-        return self._warm(mailbox, campaign, source)
+        return self._warm(mailbox, campaign, source, finishing=finishing)
 
     def _warm(
-        self, mailbox: Mailbox, campaign: Campaign, source: Source, *, pre_claimed: str | None = None
+        self, mailbox: Mailbox, campaign: Campaign, source: Source, *, pre_claimed: str | None = None,
+        finishing: _Finishing | None = None,
     ) -> tuple[Outcome, Mailbox | None, str | None]:
         """Start (new) or resume (warmed before / paused at Mailivery) a verified ``pending`` mailbox."""
         trigger, already = _warm_plan(mailbox, campaign)
@@ -890,15 +900,21 @@ class MailboxFlow:
             detail = {"already_active_at_mailivery": True}
             if mailbox.intent_request_id is not None:  # most likely the call that did it
                 detail["intent_request_id"] = mailbox.intent_request_id
+        outcome = Outcome.RESUMED if resume else Outcome.STARTED
+        finish = None
+        if finishing is not None:  # the delivery is finished in the same write as the warmup
+            finish = Finish(finishing.delivery_id, "processed", outcome.value)
         try:
             warmed = self._apply(mailbox, trigger, source=source, warmed_before=resume,
                                  skip_effect=already, remote_checked=True, detail=detail,
-                                 pre_claimed=pre_claimed)
+                                 pre_claimed=pre_claimed, finish=finish)
         except ConcurrentUpdate:
             raise
         except MailiveryError as exc:
             return Outcome.PENDING, self.store.get(mailbox.id), _error_text(exc)
-        return (Outcome.RESUMED if resume else Outcome.STARTED), warmed, None
+        if finishing is not None:
+            finishing.done = True
+        return outcome, warmed, None
 
     def _record_orphan(
         self, event: WebhookEvent, reason: str
@@ -992,12 +1008,13 @@ class MailboxFlow:
                               detail={"event": event.type})
         return Outcome.DELETED, deleted, None
 
-    def _on_updated(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
+    def _on_updated(self, event: WebhookEvent, finishing: _Finishing | None = None
+                    ) -> tuple[Outcome, Mailbox | None, str | None]:
         mailbox = self.store.get_by_campaign(event.campaign_id)
         if mailbox is None:
             return Outcome.IGNORED, None, "unknown campaign"
         if mailbox.state is State.PENDING:
-            return self._verify_and_warm(mailbox, Source.WEBHOOK)
+            return self._verify_and_warm(mailbox, Source.WEBHOOK, finishing)
         if mailbox.state is State.PAUSED:
             return self._follow_remote(mailbox, event)
         return Outcome.IGNORED, mailbox, f"nothing to do for a {mailbox.state.value} mailbox"
@@ -1050,6 +1067,14 @@ def _effect_seen(effect: Effect | None, campaign: Campaign | None) -> bool:
     if effect is Effect.DELETE:
         return campaign is None or campaign.lifecycle == "deleted"
     return False  # a connect only mints a URL: nothing to see, repeating it is safe
+
+
+@dataclass
+class _Finishing:
+    """The webhook delivery being processed; ``done`` once a transition's write has finished it."""
+
+    delivery_id: int
+    done: bool = False
 
 
 def _warm_plan(mailbox: Mailbox, campaign: Campaign) -> tuple[str | None, bool]:

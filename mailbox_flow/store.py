@@ -33,7 +33,7 @@ from .models import ACTIVE_PREDICATE, MailboxRow, TransitionRow, WebhookDelivery
 from .states import State
 from .types import AuditEntry, Delivery, Mailbox, Source
 
-__all__ = ["Store", "make_engine"]
+__all__ = ["Finish", "Move", "Store", "make_engine"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -254,18 +254,35 @@ _INBOX_KEYS = tuple(column.name for column in INBOX.columns if column.name != "i
 
 
 @lru_cache(maxsize=128)
-def _pg_transition_statement(by_owner: bool, extra: tuple[str, ...]) -> sa.Select[Any]:
+def _pg_transition_statement(by_owner: bool, extra: tuple[str, ...], finish: bool = False
+                             ) -> sa.Select[Any]:
     """PostgreSQL: the guarded UPDATE and its audit INSERT as one statement (a data-modifying CTE).
 
     One round trip, atomic on its own, so it runs without BEGIN/COMMIT; no audit row when the guard
-    fails, since the INSERT selects from the UPDATE's RETURNING.
+    fails, since the INSERT selects from the UPDATE's RETURNING. With ``finish``, the same statement
+    finishes the webhook delivery that caused the transition (only when it moved).
     """
     moved = _transition_statement(by_owner, extra).cte("moved")
     audit = sa.insert(AUDIT).from_select(
         ["mailbox_id", *_AUDIT_FIELDS],
         sa.select(moved.c.id, *(_p(f"a_{name}", AUDIT.c[name]) for name in _AUDIT_FIELDS)),
     ).cte("audit")
-    return sa.select(*(moved.c[column.name] for column in _MAILBOX_COLS)).add_cte(audit)
+    statement = sa.select(*(moved.c[column.name] for column in _MAILBOX_COLS)).add_cte(audit)
+    if finish:
+        finished = (
+            sa.update(INBOX)
+            .where(INBOX.c.id == _p("f_id", INBOX.c.id), sa.exists(sa.select(moved.c.id)))
+            .values(
+                status=_p("f_status", INBOX.c.status),
+                outcome=_p("f_outcome", INBOX.c.outcome),
+                error=None,
+                mailbox_id=sa.select(moved.c.id).scalar_subquery(),
+                processed_at=_p("v_now", INBOX.c.processed_at),
+            )
+            .cte("finished")
+        )
+        statement = statement.add_cte(finished)
+    return statement
 
 
 @lru_cache(maxsize=32)
@@ -308,6 +325,20 @@ def _pg_move_by_id_statement(sources: tuple[str, ...]) -> sa.Select[Any]:
         .select_from(before.outerjoin(moved, sa.true()))
         .add_cte(audit)
     )
+
+
+def _finish_params(delivery_id: int, status: str, outcome: str | None, error: str | None,
+                   mailbox_id: uuid.UUID | None) -> dict[str, Any]:
+    return {"g_id": delivery_id, "v_status": status, "v_outcome": outcome, "v_error": error,
+            "v_mailbox_id": mailbox_id, "v_now": utcnow()}
+
+
+class Finish(NamedTuple):
+    """A webhook delivery to mark finished in the same write as the transition it caused."""
+
+    delivery_id: int
+    status: str
+    outcome: str
 
 
 class Move(NamedTuple):
@@ -549,17 +580,19 @@ class Store:
         detail: dict[str, Any] | None = None,
         lease_owner: str | None = None,
         values: dict[str, Any] | None = None,
+        finish: Finish | None = None,
     ) -> Mailbox | None:
         """Move ``mailbox`` to ``to_state`` and write its audit row, in one transaction.
 
         Guarded by version and state, and by the lease: the holder's ``lease_owner`` when the caller
         claimed the row, otherwise "nobody holds an unexpired lease". None when the guard fails.
+        ``finish``: also mark that delivery finished (linked to the mailbox), in the same transaction.
         """
         statement, params, audit = _transition_parts(
             mailbox, to_state, trigger, source, request_id, detail, lease_owner, values
         )
         with self._runner(transaction=self._sqlite) as run:
-            return self._transition_with(run, bool(lease_owner), statement, params, audit)
+            return self._transition_with(run, bool(lease_owner), statement, params, audit, finish)
 
     @_storage_errors
     def transition_by_id(
@@ -623,22 +656,30 @@ class Store:
         statement: tuple[sa.Update, tuple[str, ...]],
         params: dict[str, Any],
         audit: dict[str, Any],
+        finish: Finish | None = None,
     ) -> Mailbox | None:
-        """The guarded UPDATE and its audit INSERT.
+        """The guarded UPDATE and its audit INSERT (and the delivery's finish).
 
-        PostgreSQL: one data-modifying statement (autocommit). SQLite: two statements inside the
-        caller's write transaction.
+        PostgreSQL: one data-modifying statement (autocommit). SQLite: two (three) statements inside
+        the caller's write transaction.
         """
         if not self._sqlite:
             params.update({f"a_{name}": audit[name] for name in _AUDIT_FIELDS})
-            combined = _pg_transition_statement(by_owner, statement[1])
+            if finish is not None:
+                params.update(f_id=finish.delivery_id, f_status=finish.status,
+                              f_outcome=finish.outcome)
+            combined = _pg_transition_statement(by_owner, statement[1], finish is not None)
             values = run.first(combined, params, columns=_MAILBOX_COLS)
             return _mailbox_of(values) if values is not None else None
         values = run.first(statement[0], params, columns=_MAILBOX_COLS)
         if values is None:
             return None
         run.run(_AUDIT_INSERT, audit, column_keys=_AUDIT_KEYS)
-        return _mailbox_of(values)
+        mailbox = _mailbox_of(values)
+        if finish is not None:
+            run.run(_FINISH_DELIVERY, _finish_params(finish.delivery_id, finish.status,
+                                                     finish.outcome, None, mailbox.id))
+        return mailbox
 
     @_storage_errors
     def release(
@@ -751,9 +792,8 @@ class Store:
         error: str | None = None,
         mailbox_id: uuid.UUID | None = None,
     ) -> None:
-        params = {"g_id": delivery_id, "v_status": status, "v_outcome": outcome, "v_error": error,
-                  "v_mailbox_id": mailbox_id, "v_now": utcnow()}
-        self._single_statement(_FINISH_DELIVERY, params)
+        self._single_statement(_FINISH_DELIVERY,
+                               _finish_params(delivery_id, status, outcome, error, mailbox_id))
 
     def _single_statement(self, statement: sa.Update, params: dict[str, Any]) -> None:
         """One prebuilt write that returns nothing, in autocommit."""

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from mailbox_flow import InvalidTransition, MailboxFlow, State, StorageError
 from mailbox_flow.models import utcnow
-from mailbox_flow.store import MAILBOX, Store
+from mailbox_flow.store import MAILBOX, Finish, Store
 from mailbox_flow.types import Mailbox, Source
 
 
@@ -234,8 +234,14 @@ def test_every_direct_statement_fits_psycopgs_conversion_cache(postgres_url: str
     store = flow.store
     run_hot_path(flow, "sized", 7)
     flow.reject(seed(store, "rejected", State.PENDING).id)
-    store.insert_delivery({"dedupe_key": "s1", "body": b"{}", "status": "received"})
+    delivery = store.insert_delivery({"dedupe_key": "s1", "body": b"{}", "status": "received"})
+    assert delivery is not None
     store.get_delivery_by_key("s1")
+    claimed = store.claim(seed(store, "finishing", State.PENDING), owner="w", trigger="start",
+                          until=utcnow() + timedelta(minutes=1), request_id="r")
+    assert claimed is not None
+    store.transition(claimed, to_state=State.WARMING, trigger="start", source=Source.WEBHOOK,
+                     request_id="r", lease_owner="w", finish=Finish(delivery.id, "processed", "started"))
     list(store.scan_state(State.PENDING, changed_before=utcnow(), batch_size=1))
     prepared = [entry[1] for entry in store._direct._prepared.values()]
     assert len(prepared) >= 8
@@ -270,3 +276,26 @@ def test_pure_transition_by_id_outcomes(flow: MailboxFlow) -> None:
         flow.expire(uuid.uuid4())
     assert store.get(pending.id) == pending and store.get(leased.id) == leased
     assert store.count("mailbox_transition") == audit_rows
+
+
+def test_transition_finishes_its_delivery_only_when_it_moves(flow: MailboxFlow) -> None:
+    """``finish``: the delivery is marked processed (linked to the mailbox) in the transition's write;
+    when the guard fails, neither the mailbox nor the delivery changes.
+    """
+    store = flow.store
+    delivery = store.insert_delivery({"dedupe_key": "f1", "body": b"{}", "status": "received"})
+    assert delivery is not None
+    mailbox = seed(store, "finish", State.PENDING)
+    stale = dataclasses.replace(mailbox, version=mailbox.version + 5)
+    finish = Finish(delivery.id, "processed", "started")
+    assert store.transition(stale, to_state=State.REJECTED, trigger="reject", source=Source.API,
+                            request_id=None, finish=finish) is None
+    assert store.get_delivery_by_key("f1") == delivery
+    moved = store.transition(mailbox, to_state=State.REJECTED, trigger="reject", source=Source.API,
+                             request_id=None, finish=finish)
+    assert moved is not None and moved.state is State.REJECTED
+    done = store.get_delivery_by_key("f1")
+    assert done is not None
+    assert (done.status, done.outcome, done.mailbox_id, done.error) == (
+        "processed", "started", mailbox.id, None)
+    assert done.processed_at is not None and done.processed_at >= delivery.received_at
