@@ -6,7 +6,8 @@ Each round: a fresh PostgreSQL schema, N mailboxes connected against the simulat
 accepted, and every webhook body sent `copies` times (shuffled) over `connections` concurrent connections
 to the receiver running in its own process (uvicorn, as `mailbox-flow webhook serve` runs it). Baseline:
 a bare Starlette endpoint in its own process that only INSERTs the raw body (one statement, one commit).
-Checks: every delivery stored, exactly one start-warmup call per mailbox. Prints medians and the ratio.
+Both use the same connection pool size (`MAILBOX_FLOW_DB_POOL_SIZE`). Checks: every delivery stored,
+exactly one start-warmup call per mailbox. Prints medians and the ratio.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from contextlib import AbstractContextManager, contextmanager
 
 import httpx
 
-from mailbox_flow import MailboxFlow, MailiveryClient, State
+from mailbox_flow import MailboxFlow, MailiveryClient, Settings, State
 from mailbox_flow.audit import configure_logging
 from mailbox_flow.loadtest import prepare_deliveries, send_concurrently
 from mailbox_flow.simulator import Simulator, SimulatorServer
@@ -55,9 +56,9 @@ BASELINE = textwrap.dedent("""
     from starlette.concurrency import run_in_threadpool
     from starlette.responses import JSONResponse
     from starlette.routing import Route
-    url, port = sys.argv[1], int(sys.argv[2])
+    url, pool, port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     url = url.replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(url, pool_size=pool, max_overflow=10)  # the library's pool, for fairness
     meta = sa.MetaData()
     raw = sa.Table("raw_delivery", meta, sa.Column("id", sa.BigInteger, primary_key=True),
                    sa.Column("body", sa.LargeBinary, nullable=False))
@@ -128,7 +129,8 @@ def run_library(server: SimulatorServer, args: argparse.Namespace) -> tuple[floa
 
 
 def run_baseline(deliveries: list[bytes], args: argparse.Namespace) -> float:
-    with schema() as url, process(BASELINE, url, port=free_port()) as base:
+    pool = str(Settings().db_pool_size)
+    with schema() as url, process(BASELINE, url, pool, port=free_port()) as base:
         result = send_concurrently(f"{base}/webhooks/mailivery/x", deliveries,
                                    connections=args.connections)
     return result.per_second

@@ -134,7 +134,8 @@ class MailboxFlow:
     ) -> None:
         self.settings = settings or Settings()
         self.database_url = database_url or self.settings.database_url
-        self.store = Store(make_engine(self.database_url))
+        self.store = Store(make_engine(self.database_url, pool_size=self.settings.db_pool_size,
+                                       max_overflow=self.settings.db_max_overflow))
         if client is None and self.settings.mailivery_api_key is not None:
             client = MailiveryClient(
                 self.settings.mailivery_api_key.get_secret_value(),
@@ -823,14 +824,13 @@ class MailboxFlow:
 
     def _on_connected(self, event: WebhookEvent, finishing: _Finishing | None = None
                       ) -> tuple[Outcome, Mailbox | None, str | None]:
-        linked = self.store.get_by_campaign(event.campaign_id)
+        linked, candidate = self.store.match(event.campaign_id, event.email)
         if linked is not None:
             if linked.state is State.PENDING:
                 return self._verify_and_warm(linked, Source.WEBHOOK, finishing)
             return Outcome.IGNORED, linked, f"campaign already handled (mailbox {linked.state.value})"
         if event.email is None:
             return Outcome.REJECTED, None, "the delivery carries no usable email"
-        candidate = self.store.find_active_by_email(event.email)
         if candidate is None or candidate.state not in (State.REQUESTED, State.OAUTH_SENT):
             reason = "unexpected" if candidate is None else f"address already {candidate.state.value}"
             return self._record_orphan(event, reason)

@@ -37,6 +37,16 @@ class Settings(BaseSettings):
     )
     timeout: float = Field(default=10.0, gt=0, description="Per-request timeout in seconds.")
     max_attempts: int = Field(default=4, ge=1, le=20, description="Attempts per Mailivery call.")
+    db_pool_size: int = Field(
+        default=20, ge=1,
+        description="PostgreSQL: connections each process keeps open. The webhook receiver handles up "
+        "to 40 deliveries at once (a thread each), each holding a connection for one statement at a "
+        "time; beyond this many, connections are opened and closed per use, which costs more than "
+        "the statement.",
+    )
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="PostgreSQL: connections opened beyond the pool at busy moments."
+    )
     lease_seconds: float = Field(
         default=60.0, gt=0, description="How long a worker may hold a mailbox while calling Mailivery."
     )

@@ -30,7 +30,7 @@ from sqlalchemy.pool import StaticPool
 from ._direct import Direct, EngineRunner, Runner, Statement
 from .errors import DuplicateMailbox, MailboxFlowError, StorageError
 from .models import ACTIVE_PREDICATE, MailboxRow, TransitionRow, WebhookDeliveryRow, metadata, utcnow
-from .states import State
+from .states import ACTIVE_STATES, State
 from .types import AuditEntry, Delivery, Mailbox, Source
 
 __all__ = ["Finish", "Move", "Store", "make_engine"]
@@ -47,8 +47,13 @@ _AUDIT_COLS = [AUDIT.c[f.name] for f in fields(AuditEntry)]
 _INBOX_COLS = [INBOX.c[f.name] for f in fields(Delivery)]
 
 
-def make_engine(database_url: str, *, echo: bool = False) -> Engine:
-    """An engine tuned for mailbox_flow: SQLite in WAL mode, or PostgreSQL through psycopg 3."""
+def make_engine(
+    database_url: str, *, echo: bool = False, pool_size: int = 20, max_overflow: int = 10
+) -> Engine:
+    """An engine tuned for mailbox_flow: SQLite in WAL mode, or PostgreSQL through psycopg 3.
+
+    ``pool_size``/``max_overflow`` size PostgreSQL's connection pool (see `Settings.db_pool_size`).
+    """
     url = make_url(database_url)
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -66,7 +71,8 @@ def make_engine(database_url: str, *, echo: bool = False) -> Engine:
             url = url.set(drivername="postgresql+psycopg")
         # No pre-ping (a round trip per checkout); a dropped connection is invalidated on its first
         # error (StorageError to the caller, 503 at the web edge) and replaced on the next checkout.
-        return sa.create_engine(url, echo=echo, pool_recycle=1800)
+        return sa.create_engine(url, echo=echo, pool_recycle=1800, pool_size=pool_size,
+                                max_overflow=max_overflow)
     return sa.create_engine(url, echo=echo)
 
 
@@ -152,6 +158,14 @@ _GET_BY_CAMPAIGN = sa.select(*_MAILBOX_COLS).where(
 # that index, and the statement has no IN-list parameters to expand per execution).
 _FIND_ACTIVE = sa.select(*_MAILBOX_COLS).where(
     MAILBOX.c.email == _p("g_email", MAILBOX.c.email), sa.text(ACTIVE_PREDICATE)
+)
+# A webhook's two lookups in one read: the mailbox linked to its campaign, and the live one of its
+# address (each through its own unique index).
+_MATCH = sa.select(*_MAILBOX_COLS).where(
+    sa.or_(
+        MAILBOX.c.campaign_id == _p("g_campaign", MAILBOX.c.campaign_id),
+        sa.and_(MAILBOX.c.email == _p("g_email", MAILBOX.c.email), sa.text(ACTIVE_PREDICATE)),
+    )
 )
 _GUARD = (
     MAILBOX.c.id == _p("g_id", MAILBOX.c.id),
@@ -497,6 +511,18 @@ class Store:
     @_storage_errors
     def get_by_campaign(self, campaign_id: int) -> Mailbox | None:
         return self._one_mailbox(_GET_BY_CAMPAIGN, {"g_campaign": campaign_id})
+
+    @_storage_errors
+    def match(self, campaign_id: int, email: str | None) -> tuple[Mailbox | None, Mailbox | None]:
+        """``(get_by_campaign(campaign_id), find_active_by_email(email))`` in one read."""
+        with self._runner() as run:
+            rows = run.all(_MATCH, {"g_campaign": campaign_id, "g_email": email},
+                           columns=_MAILBOX_COLS)
+        found = [_mailbox_of(values) for values in rows]
+        linked = next((m for m in found if m.campaign_id == campaign_id), None)
+        active = next((m for m in found if email is not None and m.email == email
+                       and m.state in ACTIVE_STATES), None)
+        return linked, active
 
     @_storage_errors
     def find_active_by_email(self, email: str) -> Mailbox | None:

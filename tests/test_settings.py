@@ -72,3 +72,21 @@ def test_public_names_are_pinned() -> None:
     ])
     for name in mailbox_flow.__all__:
         assert hasattr(mailbox_flow, name)
+
+
+@pytest.mark.postgres
+def test_pool_size_comes_from_settings(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL's connection pool is sized by MAILBOX_FLOW_DB_POOL_SIZE / _DB_MAX_OVERFLOW."""
+    from sqlalchemy.pool import QueuePool
+
+    monkeypatch.delenv("MAILBOX_FLOW_DB_POOL_SIZE", raising=False)
+    default = MailboxFlow(postgres_url, webhook_secret="x", settings=Settings(_env_file=None))
+    assert default.store.engine.pool.size() == 20  # type: ignore[attr-defined]
+    default.close()
+    monkeypatch.setenv("MAILBOX_FLOW_DB_POOL_SIZE", "3")
+    monkeypatch.setenv("MAILBOX_FLOW_DB_MAX_OVERFLOW", "1")
+    flow = MailboxFlow(postgres_url, webhook_secret="x")
+    pool = flow.store.engine.pool
+    assert isinstance(pool, QueuePool)
+    assert (pool.size(), pool._max_overflow) == (3, 1)
+    flow.close()
