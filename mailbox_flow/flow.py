@@ -731,14 +731,15 @@ class MailboxFlow:
             {**fields, "dedupe_key": key, "status": "received", "attempts": 1}
         )
         if delivery is None:
-            original = self.store.get_delivery_by_key(key)
+            original, mailbox = self.store.original_and_mailbox(key, event.campaign_id)
             duplicate = self.store.insert_delivery(
                 {**fields, "status": "duplicate", "duplicate_of": original.id if original else None}
             )
             if original is not None and self._needs_processing(original):
                 # stored before but never finished (deferred, or its worker died): do it now
                 return self._process(original, event)
-            mailbox = self.store.get_by_campaign(event.campaign_id)
+            if original is None:  # its insert is not visible to us yet: read the mailbox itself
+                mailbox = self.store.get_by_campaign(event.campaign_id)
             self._log_webhook(event, Outcome.DUPLICATE, duplicate.id if duplicate else None, mailbox)
             return WebhookResult(Outcome.DUPLICATE, mailbox, duplicate.id if duplicate else None)
         return self._process(delivery, event, counted=True)

@@ -230,6 +230,14 @@ _INBOX_INSERT_NEW = {
 _GET_DELIVERY_BY_KEY = sa.select(*_INBOX_COLS).where(
     INBOX.c.dedupe_key == _p("g_key", INBOX.c.dedupe_key)
 )
+# A repeated delivery: the one first stored under its key, and the mailbox of its campaign, in one read.
+_ORIGINAL_AND_MAILBOX = (
+    sa.select(*_INBOX_COLS, *_MAILBOX_COLS)
+    .select_from(
+        INBOX.outerjoin(MAILBOX, MAILBOX.c.campaign_id == _p("g_campaign", MAILBOX.c.campaign_id))
+    )
+    .where(INBOX.c.dedupe_key == _p("g_key", INBOX.c.dedupe_key))
+)
 _TOUCH_DELIVERY = (
     sa.update(INBOX).where(INBOX.c.id == _p("g_id", INBOX.c.id)).values(attempts=INBOX.c.attempts + 1)
 )
@@ -783,6 +791,22 @@ class Store:
     @_storage_errors
     def get_delivery_by_key(self, dedupe_key: str) -> Delivery | None:
         return self._one_delivery(_GET_DELIVERY_BY_KEY, {"g_key": dedupe_key})
+
+    @_storage_errors
+    def original_and_mailbox(
+        self, dedupe_key: str, campaign_id: int
+    ) -> tuple[Delivery | None, Mailbox | None]:
+        """The delivery stored under ``dedupe_key`` and the mailbox linked to ``campaign_id``, in one
+        read; ``(None, None)`` when no delivery has that key (yet: see `MailboxFlow.handle_webhook`).
+        """
+        with self._runner() as run:
+            values = run.first(_ORIGINAL_AND_MAILBOX, {"g_key": dedupe_key, "g_campaign": campaign_id},
+                               columns=[*_INBOX_COLS, *_MAILBOX_COLS])
+        if values is None:
+            return None, None
+        width = len(_INBOX_COLS)
+        mailbox = _mailbox_of(values[width:]) if values[width] is not None else None
+        return _delivery_of(values[:width]), mailbox
 
     def _one_delivery(self, statement: Statement, params: dict[str, Any],
                       column_keys: Sequence[str] | None = None) -> Delivery | None:
