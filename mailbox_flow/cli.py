@@ -107,8 +107,6 @@ def _guard(on_error: Callable[[str], None] | None = None) -> Iterator[None]:
         message = str(exc) or type(exc).__name__
     except ValidationError as exc:
         message = _settings_error(exc)
-    except ArgumentError:
-        message = "the database URL is not a valid SQLAlchemy URL"
     except SQLAlchemyError as exc:
         message = f"database error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     except OSError as exc:

@@ -24,11 +24,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from ._direct import Direct, EngineRunner, Runner, Statement
-from .errors import DuplicateMailbox, MailboxFlowError, StorageError
+from .errors import ConfigurationError, DuplicateMailbox, MailboxFlowError, StorageError
 from .models import ACTIVE_PREDICATE, MailboxRow, TransitionRow, WebhookDeliveryRow, metadata, utcnow
 from .states import ACTIVE_STATES, State
 from .types import AuditEntry, Delivery, Mailbox, Source
@@ -53,8 +53,31 @@ def make_engine(
     """An engine tuned for mailbox_flow: SQLite in WAL mode, or PostgreSQL through psycopg 3.
 
     ``pool_size``/``max_overflow`` size PostgreSQL's connection pool (see `Settings.db_pool_size`).
+    Raises `ConfigurationError` for a malformed URL or a database whose driver is not installed.
     """
-    url = make_url(database_url)
+    try:
+        url = make_url(database_url)
+    except (ArgumentError, ValueError):
+        raise ConfigurationError(  # (the URL itself may hold a password: it is not repeated)
+            "database_url is not a database URL; expected e.g. sqlite:///mailbox_flow.db or "
+            "postgresql://user@host/dbname"
+        ) from None
+    try:
+        return _create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
+    except NoSuchModuleError:
+        raise ConfigurationError(
+            f"unknown database {url.drivername!r} in database_url: mailbox_flow supports sqlite and "
+            "postgresql"
+        ) from None
+    except ImportError as exc:
+        hint = ("pip install 'mailbox-flow[postgres]'" if url.get_backend_name() == "postgresql"
+                else "mailbox_flow supports sqlite and postgresql")
+        raise ConfigurationError(
+            f"the {url.get_backend_name()} driver is not installed ({exc.name or exc}): {hint}"
+        ) from exc
+
+
+def _create_engine(url: sa.URL, *, echo: bool, pool_size: int, max_overflow: int) -> Engine:
     backend = url.get_backend_name()
     if backend == "sqlite":
         memory = url.database in (None, "", ":memory:")

@@ -165,7 +165,7 @@ def test_not_a_database_url_exits_2() -> None:
     """A database URL SQLAlchemy cannot parse: exit 2, without echoing it."""
     result = run("list", "--database-url", "not a url:secret")
     assert result.exit_code == 2
-    assert "not a valid SQLAlchemy URL" in result.stderr and "secret" not in result.stderr
+    assert "is not a database URL" in result.stderr and "secret" not in result.stderr
 
 
 def test_missing_api_key_exits_2(db: MailboxFlow, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -90,3 +90,23 @@ def test_pool_size_comes_from_settings(postgres_url: str, monkeypatch: pytest.Mo
     assert isinstance(pool, QueuePool)
     assert (pool.size(), pool._max_overflow) == (3, 1)
     flow.close()
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("not a url", "not a database URL"),
+    ("", "not a database URL"),
+    ("nosuchdb://u:hunter2@h/db", "unknown database 'nosuchdb'"),
+])
+def test_bad_database_url_is_a_configuration_error(url: str, message: str) -> None:
+    """A malformed or unknown database URL: a typed error that names the problem, never the password."""
+    with pytest.raises(ConfigurationError, match=message) as caught:
+        MailboxFlow(url or "://", webhook_secret="x")
+    assert "hunter2" not in str(caught.value)
+
+
+def test_missing_postgres_driver_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `pip install mailbox-flow` only
+    with pytest.raises(ConfigurationError, match=r"pip install 'mailbox-flow\[postgres\]'"):
+        MailboxFlow("postgresql://postgres@127.0.0.1:5432/test", webhook_secret="x")
