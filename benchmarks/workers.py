@@ -6,6 +6,10 @@ Each worker is its own process with its own MailboxFlow on the same schema and r
 its own share of mailboxes (no contention on rows). One worker does ``rows`` transitions; two workers do
 ``rows`` each at the same time. Scaling = combined rate of two / rate of one (2.0 would be perfect; this
 machine has 2 cores, and the PostgreSQL server shares them).
+
+Baseline: the same, with workers running the raw psycopg transaction of ``transition.py`` (SELECT, UPDATE,
+INSERT, COMMIT) instead of the library: how far this machine and its PostgreSQL let two writers scale at
+all (the library cannot scale better than the server it waits on).
 """
 
 from __future__ import annotations
@@ -20,29 +24,32 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from transition import pg_schema, seed
+from transition import pg_schema, raw_psycopg_step, seed
 
 from mailbox_flow import MailboxFlow
 from mailbox_flow.audit import configure_logging
 
 
-def worker(url: str, ids: list[uuid.UUID], start: object, done: mp.Queue) -> None:  # type: ignore[type-arg]
+def worker(url: str, ids: list[uuid.UUID], start: object, done: mp.Queue,  # type: ignore[type-arg]
+           raw: bool) -> None:
     configure_logging("console", "WARNING")
     flow = MailboxFlow(url, webhook_secret="x")
     flow.get(ids[0])  # warm the pool
+    step, close = raw_psycopg_step(url) if raw else (flow.expire, flow.close)
     start.wait()  # type: ignore[attr-defined]
     began = time.perf_counter()
     for mailbox_id in ids:
-        flow.expire(mailbox_id)
+        step(mailbox_id)
     done.put((began, time.perf_counter()))
+    close()
     flow.close()
 
 
-def run(url: str, shares: list[list[uuid.UUID]]) -> float:
+def run(url: str, shares: list[list[uuid.UUID]], raw: bool = False) -> float:
     ctx = mp.get_context("spawn")
     start = ctx.Event()
     done: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    procs = [ctx.Process(target=worker, args=(url, ids, start, done)) for ids in shares]
+    procs = [ctx.Process(target=worker, args=(url, ids, start, done, raw)) for ids in shares]
     for p in procs:
         p.start()
     time.sleep(1.5)  # let every worker import and connect
@@ -62,17 +69,25 @@ def main() -> int:
     configure_logging("console", "WARNING")
     one: list[float] = []
     two: list[float] = []
+    raw_one: list[float] = []
+    raw_two: list[float] = []
     with pg_schema() as url:
         flow = MailboxFlow(url, webhook_secret="x")
         flow.create_schema()
-        for _ in range(args.rounds):
+        for _ in range(args.rounds):  # interleaved: library, raw, library, raw...
             one.append(run(url, [seed(flow, args.rows)]))
             two.append(run(url, [seed(flow, args.rows), seed(flow, args.rows)]))
+            raw_one.append(run(url, [seed(flow, args.rows)], raw=True))
+            raw_two.append(run(url, [seed(flow, args.rows), seed(flow, args.rows)], raw=True))
         flow.close()
     a, b = statistics.median(one), statistics.median(two)
-    print(f"one worker:  {a:7.0f} transitions/s")
-    print(f"two workers: {b:7.0f} transitions/s (different mailboxes)")
-    print(f"scaling:     {b / a:.2f}x  (cores: {os.cpu_count()})")
+    ra, rb = statistics.median(raw_one), statistics.median(raw_two)
+    print(f"library, one worker:  {a:7.0f} transitions/s")
+    print(f"library, two workers: {b:7.0f} transitions/s (different mailboxes)")
+    print(f"raw psycopg, one:     {ra:7.0f} transitions/s")
+    print(f"raw psycopg, two:     {rb:7.0f} transitions/s")
+    print(f"scaling: library {b / a:.2f}x, raw psycopg {rb / ra:.2f}x  "
+          f"(library / raw: {(b / a) / (rb / ra):.2f}; cores: {os.cpu_count()})")
     return 0
 
 

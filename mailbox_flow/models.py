@@ -72,7 +72,7 @@ class MailboxRow(SQLModel, table=True):
 
     __tablename__ = "mailbox"
     __table_args__ = (
-        sa.Index("ix_mailbox_state_changed", "state", "state_changed_at"),
+        sa.Index("ix_mailbox_state_scan", "state", "state_changed_at", "id"),
         sa.Index(
             "ix_mailbox_intent",
             "id",

@@ -62,7 +62,7 @@ def test_upgrade_refuses_a_drifted_unversioned_schema(database_url: str) -> None
     with MailboxFlow(database_url, webhook_secret="s") as flow:
         flow.create_schema()
         with flow.store.engine.begin() as conn:
-            conn.execute(sa.text("DROP INDEX ix_mailbox_state_changed"))
+            conn.execute(sa.text("DROP INDEX ix_mailbox_state_scan"))
     with pytest.raises(ConfigurationError, match="differ"):
         upgrade(database_url)
 
@@ -92,3 +92,34 @@ def test_metadata_fits_a_partner_environment(tmp_path: Any) -> None:
         assert list(compare_metadata(context, partner)) == []
     engine.dispose()
     assert set(metadata.tables) == {"mailbox", "mailbox_transition", "webhook_delivery"}
+
+
+def _mailbox_indexes(database_url: str) -> dict[str, list[str | None]]:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return {ix["name"]: ix["column_names"] for ix in sa.inspect(conn).get_indexes("mailbox")
+                    if ix["name"]}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("prebuilt", [False, True], ids=["plain", "index-built-beforehand"])
+def test_upgrade_from_0001_replaces_the_scan_index(database_url: str, prebuilt: bool) -> None:
+    """0001 -> head keeps the rows and swaps (state, state_changed_at) for (state, state_changed_at, id),
+    also when the new index was built beforehand (as CREATE INDEX CONCURRENTLY would on a big table)."""
+    assert upgrade(database_url, "0001") == "0001"
+    assert _mailbox_indexes(database_url)["ix_mailbox_state_changed"] == ["state", "state_changed_at"]
+    with MailboxFlow(database_url, webhook_secret="s") as flow:
+        kept = flow.store.insert_mailbox({"email": "kept@b.co", "state": State.PENDING.value})
+        if prebuilt:
+            with flow.store.engine.begin() as conn:
+                conn.execute(sa.text(
+                    "CREATE INDEX ix_mailbox_state_scan ON mailbox (state, state_changed_at, id)"))
+    assert upgrade(database_url) == head_revision()
+    indexes = _mailbox_indexes(database_url)
+    assert indexes["ix_mailbox_state_scan"] == ["state", "state_changed_at", "id"]
+    assert "ix_mailbox_state_changed" not in indexes
+    assert diff(database_url) == []
+    with MailboxFlow(database_url, webhook_secret="s") as flow:
+        assert flow.get(kept.id).email == "kept@b.co"

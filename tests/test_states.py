@@ -138,3 +138,10 @@ def test_one_shared_machine_with_no_per_subject_state() -> None:
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert MACHINE.models == []
     assert grown < 200_000  # far below 2000 machines x tens of KB each
+
+
+def test_subject_refuses_an_unknown_state() -> None:
+    """A subject is built from a `State` (or its value) only: anything else is a ValueError."""
+    assert Subject("pending").state is State.PENDING
+    with pytest.raises(ValueError, match="not a mailbox state"):
+        Subject("bogus")
