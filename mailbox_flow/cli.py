@@ -454,12 +454,18 @@ def webhook_serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
     max_body_bytes: Annotated[int, typer.Option(
         min=1, help="Refuse (413) webhook bodies larger than this.")] = DEFAULT_MAX_BODY_BYTES,
+    background_workers: Annotated[int | None, typer.Option(
+        min=0, max=256, help="Answer 202 once a delivery is stored and act on it in this many "
+        "background threads (default: MAILBOX_FLOW_WEBHOOK_BACKGROUND_WORKERS, 0 = act before "
+        "answering).")] = None,
     database_url: DatabaseOption = None,
 ) -> None:
     """Run the webhook receiver: POST /webhooks/mailivery/{secret} and GET /healthz.
 
     Needs MAILBOX_FLOW_WEBHOOK_SECRET (the secret path segment configured in Mailivery's admin
     panel) and MAILBOX_FLOW_MAILIVERY_API_KEY (each campaign is re-read before any warmup call).
+    With background workers, deliveries still waiting at shutdown stay stored as received:
+    `mailbox-flow webhook replay --all` finishes them once the lease (60 s by default) has passed.
     """
     from .web import serve
 
@@ -470,7 +476,9 @@ def webhook_serve(
         flow.client  # noqa: B018 - a missing API key fails now, not on the first webhook
         err_console.print(f"receiving webhooks on http://{host}:{port}/webhooks/mailivery/<secret>",
                           highlight=False)
-        serve(flow, host, port, max_body_bytes=max_body_bytes)
+        workers = (flow.settings.webhook_background_workers if background_workers is None
+                   else background_workers)
+        serve(flow, host, port, max_body_bytes=max_body_bytes, background_workers=workers)
 
 
 @webhook_app.command("replay")

@@ -707,6 +707,54 @@ class MailboxFlow:
         Raises `WebhookAuthError` (nothing stored) or `WebhookPayloadError` (stored as ``invalid``);
         otherwise returns a `WebhookResult` whose ``outcome`` says what happened.
         """
+        taken = self._take_in(body, secret, counted=True)
+        if taken.answer is not None:
+            return taken.answer
+        assert taken.delivery is not None and taken.event is not None
+        return self._process(taken.delivery, taken.event, counted=taken.counted)
+
+    def accept_webhook(
+        self,
+        body: bytes | str,
+        secret: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> WebhookResult:
+        """Authenticate, store and de-duplicate one delivery, and leave acting on it for later.
+
+        For a receiver that answers the sender at once and acts in the background (`mailbox_flow.web`
+        with ``background_workers``, or a queue of your own): the outcome is ``accepted`` with the id of
+        the stored delivery to hand to `process_delivery` (for a repeat of a delivery stored earlier and
+        never finished, that earlier one's id), or ``duplicate``. Raises as `handle_webhook` does. A
+        delivery accepted and never processed (its process died) stays in the inbox as ``received``:
+        a redelivery after the lease, ``webhook replay --all`` or ``reconcile --fix`` finishes it.
+        """
+        taken = self._take_in(body, secret, counted=False)
+        if taken.answer is not None:
+            return taken.answer
+        assert taken.delivery is not None
+        return WebhookResult(Outcome.ACCEPTED, None, taken.delivery.id)
+
+    def process_delivery(self, delivery_id: int) -> WebhookResult:
+        """Act on a delivery `accept_webhook` stored: match it, call Mailivery, move the mailbox.
+
+        A delivery already handled meanwhile (by another worker, a redelivery or the reconciler) is not
+        acted on again: the answer is ``duplicate``. Raises `InvalidInput` for an unknown id.
+        """
+        delivery = self.store.get_delivery(delivery_id)
+        if delivery is None:
+            raise InvalidInput("delivery_id", f"no stored delivery {delivery_id}")
+        event = parse_webhook(delivery.body)
+        if delivery.status != "received":
+            return WebhookResult(Outcome.DUPLICATE, self.store.get_by_campaign(event.campaign_id),
+                                 delivery.id, f"already handled ({delivery.status})")
+        return self._process(delivery, event)
+
+    def _take_in(self, body: bytes | str, secret: str | None, *, counted: bool) -> _Taken:
+        """Authenticate, store and de-duplicate: a final answer, or the delivery to act on.
+
+        ``counted``: store a new delivery with its first processing attempt already counted (the
+        caller processes it right away).
+        """
         self.verify_secret(secret)
         raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
         try:
@@ -728,21 +776,22 @@ class MailboxFlow:
             "email": event.email,
         }
         delivery = self.store.insert_delivery(
-            {**fields, "dedupe_key": key, "status": "received", "attempts": 1}
+            {**fields, "dedupe_key": key, "status": "received", "attempts": 1 if counted else 0}
         )
-        if delivery is None:
-            original, mailbox = self.store.original_and_mailbox(key, event.campaign_id)
-            duplicate = self.store.insert_delivery(
-                {**fields, "status": "duplicate", "duplicate_of": original.id if original else None}
-            )
-            if original is not None and self._needs_processing(original):
-                # stored before but never finished (deferred, or its worker died): do it now
-                return self._process(original, event)
-            if original is None:  # its insert is not visible to us yet: read the mailbox itself
-                mailbox = self.store.get_by_campaign(event.campaign_id)
-            self._log_webhook(event, Outcome.DUPLICATE, duplicate.id if duplicate else None, mailbox)
-            return WebhookResult(Outcome.DUPLICATE, mailbox, duplicate.id if duplicate else None)
-        return self._process(delivery, event, counted=True)
+        if delivery is not None:
+            return _Taken(None, delivery, event, counted)
+        original, mailbox = self.store.original_and_mailbox(key, event.campaign_id)
+        duplicate = self.store.insert_delivery(
+            {**fields, "status": "duplicate", "duplicate_of": original.id if original else None}
+        )
+        if original is not None and self._needs_processing(original):
+            # stored before but never finished (deferred, or its worker died): do it now
+            return _Taken(None, original, event, False)
+        if original is None:  # its insert is not visible to us yet: read the mailbox itself
+            mailbox = self.store.get_by_campaign(event.campaign_id)
+        self._log_webhook(event, Outcome.DUPLICATE, duplicate.id if duplicate else None, mailbox)
+        answer = WebhookResult(Outcome.DUPLICATE, mailbox, duplicate.id if duplicate else None)
+        return _Taken(answer, None, None, False)
 
     def reprocess_delivery(self, delivery_id: int) -> WebhookResult:
         """Process a stored delivery again (one that failed or whose worker died)."""
@@ -1068,6 +1117,15 @@ def _effect_seen(effect: Effect | None, campaign: Campaign | None) -> bool:
     if effect is Effect.DELETE:
         return campaign is None or campaign.lifecycle == "deleted"
     return False  # a connect only mints a URL: nothing to see, repeating it is safe
+
+
+class _Taken(NamedTuple):
+    """What taking a delivery in gave: a final answer, or the delivery to act on."""
+
+    answer: WebhookResult | None
+    delivery: Delivery | None
+    event: WebhookEvent | None
+    counted: bool  # its processing attempt is already counted
 
 
 @dataclass

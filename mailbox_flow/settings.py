@@ -31,6 +31,11 @@ class Settings(BaseSettings):
         default=None,
         description="The secret path segment of the webhook URL configured in Mailivery's admin panel.",
     )
+    webhook_background_workers: int = Field(
+        default=0, ge=0, le=256,
+        description="Webhook receiver: 0 acts on each delivery before answering it; N > 0 answers "
+        "202 as soon as the delivery is stored and acts on it in N background threads.",
+    )
     request_id_header: str = Field(default="X-Request-ID", description="Header carrying request ids.")
     rate_per_second: float = Field(
         default=4.0, ge=0, description="Client-side rate limit (4/s = Mailivery's 240/minute); 0 = off."

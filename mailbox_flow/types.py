@@ -34,6 +34,8 @@ class Outcome(enum.StrEnum):
     DUPLICATE = "duplicate"
     IGNORED = "ignored"
     DEFERRED = "deferred"
+    #: stored and de-duplicated by `MailboxFlow.accept_webhook`, to be acted on later
+    ACCEPTED = "accepted"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ Mailivery's admin panel and is compared in constant time before anything is read
 status      when
 ==========  ==================================================================================
 200         processed, duplicate, ignored, rejected or pending (warmup call failed: retried later)
-202         deferred: Mailivery could not be asked; the delivery is stored and will be finished
+202         deferred: Mailivery could not be asked; the delivery is stored and will be finished;
+            or accepted (with ``background_workers``): stored, to be acted on in the background
 400         malformed body (stored as ``invalid``)
 401         bad secret (nothing stored)
 413         body larger than ``max_body_bytes`` (nothing stored)
@@ -15,12 +16,26 @@ status      when
 ==========  ==================================================================================
 
 ``GET /healthz`` answers 200 when the database is reachable, 503 otherwise. No input produces a 500.
+
+By default each delivery is acted on before it is answered (two Mailivery calls for a new mailbox, under
+the client's rate limit). With ``background_workers=N`` the receiver answers as soon as the delivery is
+stored and de-duplicated (202 ``accepted``) and N threads act on it (`MailboxFlow.process_delivery`): a
+flood is taken in at the rate of the database, not of Mailivery. When more than ``max_queued``
+deliveries wait, a new one is processed before it is answered (back-pressure on the sender). On
+shutdown, deliveries still waiting get ``drain_seconds`` to be processed; any left are in the inbox as
+``received``: ``mailbox-flow webhook replay --all`` (once the lease has passed), a redelivery or
+``reconcile --fix`` finishes them.
 Run it with ``mailbox-flow webhook serve`` or any ASGI server; never enable an access log that prints
 request paths, since the path carries the secret.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -48,6 +63,49 @@ class _TooLarge(Exception):
     pass
 
 
+class _Background:
+    """Threads that act on accepted deliveries (`MailboxFlow.process_delivery`), at most ``max_queued``
+    waiting. Started on first use: a mounted sub-application gets no lifespan events of its own."""
+
+    def __init__(self, flow: MailboxFlow, workers: int, max_queued: int, drain_seconds: float) -> None:
+        self._flow = flow
+        self._workers = workers
+        self._slots = threading.BoundedSemaphore(max_queued)
+        self._drain_seconds = drain_seconds
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._stop_at: float | None = None
+
+    def submit(self, delivery_id: int) -> bool:
+        """Queue a delivery; False when the queue is full or closed (the caller processes it itself)."""
+        if self._stop_at is not None or not self._slots.acquire(blocking=False):
+            return False
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="mailbox-flow-webhook")
+            self._pool.submit(self._run, delivery_id)
+        return True
+
+    def _run(self, delivery_id: int) -> None:
+        try:
+            if self._stop_at is not None and time.monotonic() > self._stop_at:
+                return  # shutting down and out of time: it stays received, for a replay
+            self._flow.process_delivery(delivery_id)
+        except Exception as exc:  # stored as failed (or left received): a replay finishes it
+            log.error("mailbox_flow.webhook_error", error=type(exc).__name__, delivery_id=delivery_id,
+                      exc_info=True)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        """Stop taking deliveries, give the waiting ones ``drain_seconds``, wait for those running."""
+        self._stop_at = time.monotonic() + self._drain_seconds
+        with self._lock:
+            pool = self._pool
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+
 async def _read_limited(request: Request, limit: int) -> bytes:
     """The request body, refusing (early) anything over ``limit`` bytes."""
     declared = request.headers.get("content-length")
@@ -67,8 +125,23 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(flow: MailboxFlow, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
-    """The webhook receiver and health check for ``flow``, as an ASGI app."""
+def create_app(
+    flow: MailboxFlow,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    background_workers: int = 0,
+    max_queued: int = 1000,
+    drain_seconds: float = 10.0,
+) -> Starlette:
+    """The webhook receiver and health check for ``flow``, as an ASGI app.
+
+    ``background_workers`` > 0: answer once a delivery is stored (202 ``accepted``) and act on it in that
+    many threads (see the module's notes); 0 (the default): act on it before answering.
+    """
+    if background_workers < 0 or max_queued < 1 or drain_seconds < 0:
+        raise ValueError("background_workers >= 0, max_queued >= 1 and drain_seconds >= 0, please")
+    background = (_Background(flow, background_workers, max_queued, drain_seconds)
+                  if background_workers else None)
 
     async def receive(request: Request) -> JSONResponse:
         secret = str(request.path_params.get("secret", ""))
@@ -83,7 +156,12 @@ def create_app(flow: MailboxFlow, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
                                 status_code=413)
         headers = {k: v for k, v in request.headers.items() if k.lower() == "x-request-id"}
         try:
-            result = await run_in_threadpool(flow.handle_webhook, body, secret, headers)
+            if background is None:
+                result = await run_in_threadpool(flow.handle_webhook, body, secret, headers)
+            else:
+                result = await run_in_threadpool(flow.accept_webhook, body, secret, headers)
+                if result.outcome is Outcome.ACCEPTED and not background.submit(result.delivery_id or 0):
+                    result = await run_in_threadpool(flow.process_delivery, result.delivery_id or 0)
         except WebhookAuthError:
             return JSONResponse({"error": "unauthorized"}, status_code=401)
         except WebhookPayloadError as exc:
@@ -103,7 +181,8 @@ def create_app(flow: MailboxFlow, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
             "mailbox_id": str(result.mailbox.id) if result.mailbox else None,
             "state": result.mailbox.state.value if result.mailbox else None,
         }
-        return JSONResponse(payload, status_code=202 if result.outcome is Outcome.DEFERRED else 200)
+        status = 202 if result.outcome in (Outcome.DEFERRED, Outcome.ACCEPTED) else 200
+        return JSONResponse(payload, status_code=status)
 
     async def healthz(_request: Request) -> JSONResponse:
         try:
@@ -112,11 +191,18 @@ def create_app(flow: MailboxFlow, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTE
             ok = False
         return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        if background is not None:
+            await run_in_threadpool(background.close)
+
     return Starlette(
         routes=[
             Route(WEBHOOK_PATH, receive, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
-        ]
+        ],
+        lifespan=lifespan,
     )
 
 
@@ -127,12 +213,13 @@ def serve(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     workers_log_level: str = "info",
+    background_workers: int = 0,
 ) -> None:
     """Run the receiver with uvicorn in the foreground (access log off: paths carry the secret)."""
     import uvicorn
 
     uvicorn.run(
-        create_app(flow, max_body_bytes=max_body_bytes),
+        create_app(flow, max_body_bytes=max_body_bytes, background_workers=background_workers),
         host=host,
         port=port,
         access_log=False,

@@ -370,8 +370,24 @@ def test_webhook_serve_calls_the_receiver(db: MailboxFlow, monkeypatch: pytest.M
     result = run("webhook", "serve", "--host", "0.0.0.0", "--port", "9123", "--max-body-bytes", "1000")
     assert result.exit_code == 0, result.output
     [(flow, host, port, kw)] = calls
-    assert isinstance(flow, MailboxFlow) and (host, port, kw) == ("0.0.0.0", 9123, {"max_body_bytes": 1000})
+    assert isinstance(flow, MailboxFlow) and (host, port) == ("0.0.0.0", 9123)
+    assert kw == {"max_body_bytes": 1000, "background_workers": 0}
     assert SECRET not in result.output
+
+
+def test_webhook_serve_background_workers(db: MailboxFlow, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--background-workers wins over MAILBOX_FLOW_WEBHOOK_BACKGROUND_WORKERS, which sets the default;
+    a negative count is refused before anything starts."""
+    import mailbox_flow.web as web
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(web, "serve", lambda flow, host, port, **kw: calls.append(kw))
+    monkeypatch.setenv("MAILBOX_FLOW_WEBHOOK_BACKGROUND_WORKERS", "3")
+    assert run("webhook", "serve").exit_code == 0
+    assert run("webhook", "serve", "--background-workers", "5").exit_code == 0
+    assert [kw["background_workers"] for kw in calls] == [3, 5]
+    refused = run("webhook", "serve", "--background-workers", "-1")
+    assert refused.exit_code == 2 and len(calls) == 2
 
 
 def test_webhook_serve_needs_a_secret(db: MailboxFlow, monkeypatch: pytest.MonkeyPatch) -> None:
