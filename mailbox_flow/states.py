@@ -13,11 +13,13 @@ object with ``MACHINE.events[trigger].trigger(subject)``.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from transitions import Machine, MachineError
+from transitions import State as TransitionsState
 
 from .errors import InvalidTransition
 
@@ -161,6 +163,27 @@ def _condition(name: str) -> Callable[[Any], bool]:
     return check
 
 
+_TRANSITIONS_LOG = logging.getLogger("transitions.core")
+
+
+class _MachineState(TransitionsState):
+    """A state of the shared machine. Ours have no enter/exit callbacks, so entering and leaving one
+    skips `transitions`' callback loop and its two log calls per step (a fifth of a trigger's time),
+    unless its logger is on at DEBUG: then it runs (and logs) as usual."""
+
+    def enter(self, event_data: Any) -> None:
+        if self.on_enter or _TRANSITIONS_LOG.isEnabledFor(logging.DEBUG):
+            super().enter(event_data)
+
+    def exit(self, event_data: Any) -> None:
+        if self.on_exit or _TRANSITIONS_LOG.isEnabledFor(logging.DEBUG):
+            super().exit(event_data)
+
+
+class _Machine(Machine):
+    state_cls = _MachineState
+
+
 def _build_machine() -> Machine:
     spec: list[dict[str, Any]] = []
     for rule in TRANSITIONS:
@@ -174,7 +197,7 @@ def _build_machine() -> Machine:
         if rule.condition is not None:
             entry["conditions"] = [_condition(rule.condition)]
         spec.append(entry)
-    return Machine(
+    return _Machine(
         model=None,
         states=[s.value for s in State],
         transitions=spec,

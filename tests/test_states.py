@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import tracemalloc
 
 import pytest
@@ -145,3 +146,16 @@ def test_subject_refuses_an_unknown_state() -> None:
     assert Subject("pending").state is State.PENDING
     with pytest.raises(ValueError, match="not a mailbox state"):
         Subject("bogus")
+
+
+def test_transitions_debug_log_still_tells_each_step(caplog: pytest.LogCaptureFixture) -> None:
+    """Entering and leaving states skips transitions' bookkeeping only while nobody listens at DEBUG:
+    with its logger at DEBUG, the usual lines about exiting and entering states are there."""
+    with caplog.at_level(logging.DEBUG, logger="transitions.core"):
+        assert fire("expire", Subject(State.OAUTH_SENT)) is State.EXPIRED
+    text = caplog.text
+    assert "Exiting state oauth_sent" in text and "Entering state expired" in text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="transitions.core"):
+        fire("expire", Subject(State.OAUTH_SENT))
+    assert "Entering state" not in caplog.text
