@@ -7,6 +7,7 @@ Invariants for every request: never a 500; a bad secret or an oversized body sto
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,13 +41,14 @@ def fake_mailivery(request: httpx.Request) -> httpx.Response:
     return httpx.Response(404, json={"code": "NOT_FOUND", "message": "no such campaign"})
 
 
-def _serve(database_url: str) -> Iterator[tuple[MailboxFlow, httpx.Client]]:
+def _serve(database_url: str, background_workers: int = 0) -> Iterator[tuple[MailboxFlow, httpx.Client]]:
     client = MailiveryClient("k", "https://mailivery.test/api/v1", rate_per_second=0,
                              transport=httpx.MockTransport(fake_mailivery))
     flow = MailboxFlow(database_url, client=client, webhook_secret=SECRET)
     flow.create_schema()
     flow.request_connection(owner_id="u", email=EXPECTED_EMAIL, first_name="Ada")
-    url, stop = serve_in_thread(create_app(flow, max_body_bytes=LIMIT), "127.0.0.1", 0)
+    app = create_app(flow, max_body_bytes=LIMIT, background_workers=background_workers)
+    url, stop = serve_in_thread(app, "127.0.0.1", 0)
     with httpx.Client(base_url=url, timeout=10) as http:
         yield flow, http
     stop()
@@ -63,6 +65,12 @@ def hostile_sqlite(tmp_path: Any) -> Iterator[tuple[MailboxFlow, httpx.Client]]:
 def hostile_postgres(postgres_url: str) -> Iterator[tuple[MailboxFlow, httpx.Client]]:
     """The same receiver on PostgreSQL."""
     yield from _serve(postgres_url)
+
+
+@pytest.fixture
+def hostile_background(tmp_path: Any) -> Iterator[tuple[MailboxFlow, httpx.Client]]:
+    """A receiver on SQLite that answers first and acts in two background threads."""
+    yield from _serve(f"sqlite:///{tmp_path}/hostile-bg.db", background_workers=2)
 
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
@@ -116,8 +124,17 @@ def snapshot(flow: MailboxFlow) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in rows]
 
 
+def settled(flow: MailboxFlow) -> None:
+    """Wait until background workers have acted on every accepted delivery."""
+    deadline = time.monotonic() + 10
+    while next(iter(flow.store.scan_deliveries("received", batch_size=1)), None) is not None:
+        assert time.monotonic() < deadline, "a delivery was never acted on"
+        time.sleep(0.005)
+
+
 def check(flow: MailboxFlow, http: httpx.Client, body: bytes, secret: str,
           extra_headers: dict[str, str]) -> None:
+    settled(flow)
     before_inbox = flow.store.count("webhook_delivery")
     before_audit = flow.store.count("mailbox_transition")
     before_rows = snapshot(flow)
@@ -155,3 +172,14 @@ def test_hostile_deliveries_postgres(hostile_postgres: tuple[MailboxFlow, httpx.
                                      secret: str, extra_headers: dict[str, str]) -> None:
     """300 generated deliveries on PostgreSQL: the same invariants."""
     check(*hostile_postgres, body, secret, extra_headers)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(body=bodies, secret=secrets, extra_headers=headers)
+def test_hostile_deliveries_answered_first(hostile_background: tuple[MailboxFlow, httpx.Client],
+                                           body: bytes, secret: str, extra_headers: dict[str, str]) -> None:
+    """300 generated deliveries to a receiver with background workers: the same invariants (an
+    accepted delivery is stored before it is answered), and every one is acted on afterwards."""
+    check(*hostile_background, body, secret, extra_headers)
+    settled(hostile_background[0])
