@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import logging
 import tracemalloc
+from typing import Any
 
 import pytest
+from transitions import Machine
 
 from mailbox_flow.errors import InvalidTransition
 from mailbox_flow.states import (
@@ -17,6 +19,7 @@ from mailbox_flow.states import (
     Effect,
     State,
     Subject,
+    _build_machine,
     allowed_triggers,
     fire,
     rule_for,
@@ -159,3 +162,36 @@ def test_transitions_debug_log_still_tells_each_step(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.INFO, logger="transitions.core"):
         fire("expire", Subject(State.OAUTH_SENT))
     assert "Entering state" not in caplog.text
+
+
+def _run(machine: Any, trigger: str, state: State, warmed: bool, mode: str) -> tuple[Any, ...]:
+    calls: list[Effect] = []
+
+    def effect(e: Effect) -> str:
+        calls.append(e)
+        if mode == "raise":
+            raise RuntimeError(e.value)
+        return f"done {e.value}"
+
+    subject = Subject(state, run_effect=effect, skip_effect=mode == "skip", warmed_before=warmed)
+    try:
+        result: Any = machine.events[trigger].trigger(subject)
+    except Exception as exc:  # MachineError (not allowed) or the effect's own error
+        result = (type(exc).__name__, str(exc))
+    return result, subject.state_value, calls, subject.effect_result
+
+
+def test_lean_machine_agrees_with_a_stock_machine() -> None:
+    """The shared machine's shortcuts (lean states and transitions) change nothing: for every trigger
+    from every state, with and without a past warmup, with the call succeeding, failing or skipped,
+    a stock `transitions.Machine` built from the same table gives the same result, state, calls and
+    effect result."""
+    stock = _build_machine(Machine)
+    assert type(stock) is Machine and type(MACHINE) is not Machine
+    checked = 0
+    for trigger, state, warmed, mode in itertools.product(
+        TRIGGERS, State, (False, True), ("ok", "raise", "skip")
+    ):
+        assert _run(MACHINE, trigger, state, warmed, mode) == _run(stock, trigger, state, warmed, mode)
+        checked += 1
+    assert checked == len(TRIGGERS) * len(State) * 6
