@@ -578,12 +578,12 @@ def test_thirty_percent_of_calls_fail(postgres_url: str, api_url: str, sim: Any,
                      client_timeout=0.3, attempts=2, seed=5)
     assert fig.converged, fig.lines()
     assert fig.violations == [], fig.lines()
-    assert fig.states == {"warming": 40}
-    assert fig.campaigns_with_two_successful_warmups == 0
-    assert fig.deliveries_stored == fig.deliveries_sent == 80
-    assert fig.deliveries_unprocessed == 0
-    assert set(fig.extra["faults injected"]) == {"429", "500", "500_after_effect", "timeout"}
-    assert fig.outcomes.get("deferred", 0) + fig.outcomes.get("pending", 0) > 0  # it did hurt
+    assert fig.states == {"warming": 40}, fig.lines()
+    assert fig.campaigns_with_two_successful_warmups == 0, fig.lines()
+    assert fig.deliveries_stored == fig.deliveries_sent == 80, fig.lines()
+    assert fig.deliveries_unprocessed == 0, fig.lines()
+    assert set(fig.extra["faults injected"]) == {"429", "500", "500_after_effect", "timeout"}, fig.lines()
+    assert fig.outcomes.get("deferred", 0) + fig.outcomes.get("pending", 0) > 0, fig.lines()  # it hurt
 
 
 @pytest.mark.postgres
