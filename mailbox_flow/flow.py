@@ -737,17 +737,26 @@ class MailboxFlow:
     def process_delivery(self, delivery_id: int) -> WebhookResult:
         """Act on a delivery `accept_webhook` stored: match it, call Mailivery, move the mailbox.
 
-        A delivery already handled meanwhile (by another worker, a redelivery or the reconciler) is not
-        acted on again: the answer is ``duplicate``. Raises `InvalidInput` for an unknown id.
+        The delivery is taken with a compare-and-set on its attempt count, so of several workers handed
+        the same delivery (a queue that delivers twice, a sweep, the reconciler) one acts on it; one
+        already handled, or taken by another worker less than a lease ago, is not acted on again: the
+        answer is ``duplicate``.
+        Raises `InvalidInput` for an unknown id.
         """
         delivery = self.store.get_delivery(delivery_id)
         if delivery is None:
             raise InvalidInput("delivery_id", f"no stored delivery {delivery_id}")
         event = parse_webhook(delivery.body)
         if delivery.status != "received":
-            return WebhookResult(Outcome.DUPLICATE, self.store.get_by_campaign(event.campaign_id),
-                                 delivery.id, f"already handled ({delivery.status})")
-        return self._process(delivery, event)
+            detail = f"already handled ({delivery.status})"
+        elif delivery.attempts and not self._needs_processing(delivery):
+            detail = "another worker is handling it"  # taken, within its lease
+        elif not self.store.claim_delivery(delivery):
+            detail = "another worker is handling it"
+        else:
+            return self._process(delivery, event, counted=True)
+        return WebhookResult(Outcome.DUPLICATE, self.store.get_by_campaign(event.campaign_id),
+                             delivery.id, detail)
 
     def _take_in(self, body: bytes | str, secret: str | None, *, counted: bool) -> _Taken:
         """Authenticate, store and de-duplicate: a final answer, or the delivery to act on.

@@ -207,3 +207,24 @@ def test_healthz_and_invalid_bodies_unchanged_in_background(flow: MailboxFlow, s
     delivery = flow.store.get_delivery(answer.json()["delivery_id"])
     assert delivery is not None and delivery.outcome == "rejected", json.dumps(
         {"status": delivery.status if delivery else None})
+
+
+def test_a_delivery_handed_out_twice_is_acted_on_once(flow: MailboxFlow, sim: Any) -> None:
+    """Two workers given the same accepted delivery at once (a queue that delivers twice): one acts,
+    the other answers duplicate; and one taken by another worker within its lease is left to it."""
+    [(mailbox, body)] = consented(flow, sim, 1)
+    accepted = flow.accept_webhook(body, SECRET)
+    sim.faults.latency(0.3, "/start-warmup")
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(flow.process_delivery, [accepted.delivery_id or 0] * 2))
+    assert sorted(r.outcome.value for r in results) == ["duplicate", "started"]
+    assert sim.count("PATCH", "/start-warmup") == 1
+    assert flow.get(mailbox.id).state is State.WARMING
+    done = flow.store.get_delivery(accepted.delivery_id or 0)
+    assert done is not None and done.status == "processed"
+
+    taken = flow.accept_webhook(webhook_body(4242, "x@y.co"), SECRET)
+    stored = flow.store.get_delivery(taken.delivery_id or 0)
+    assert stored is not None and flow.store.claim_delivery(stored)  # another worker took it just now
+    left = flow.process_delivery(taken.delivery_id or 0)
+    assert left.outcome is Outcome.DUPLICATE and left.detail == "another worker is handling it"
