@@ -464,8 +464,8 @@ def webhook_serve(
 
     Needs MAILBOX_FLOW_WEBHOOK_SECRET (the secret path segment configured in Mailivery's admin
     panel) and MAILBOX_FLOW_MAILIVERY_API_KEY (each campaign is re-read before any warmup call).
-    With background workers, deliveries still waiting at shutdown stay stored as received:
-    `mailbox-flow webhook replay --all` finishes them once the lease (60 s by default) has passed.
+    With background workers, deliveries still waiting at shutdown stay stored as received; every
+    receiver sweeps the inbox once per lease and acts on those left longer than the lease.
     """
     from .web import serve
 

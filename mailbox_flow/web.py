@@ -23,8 +23,9 @@ stored and de-duplicated (202 ``accepted``) and N threads act on it (`MailboxFlo
 flood is taken in at the rate of the database, not of Mailivery. When more than ``max_queued``
 deliveries wait, a new one is processed before it is answered (back-pressure on the sender). On
 shutdown, deliveries still waiting get ``drain_seconds`` to be processed; any left are in the inbox as
-``received``: ``mailbox-flow webhook replay --all`` (once the lease has passed), a redelivery or
-``reconcile --fix`` finishes them.
+``received``, and every ``sweep_seconds`` (the lease, by default) each receiver queues the deliveries
+left ``received`` for longer than the lease: after a restart or a crash they are acted on within two
+leases, without waiting for the nightly reconcile.
 Run it with ``mailbox-flow webhook serve`` or any ASGI server; never enable an access log that prints
 request paths, since the path carries the secret.
 """
@@ -46,6 +47,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .errors import MailboxFlowError, WebhookAuthError, WebhookPayloadError
+from .models import utcnow
 from .types import Outcome
 
 if TYPE_CHECKING:
@@ -65,43 +67,88 @@ class _TooLarge(Exception):
 
 class _Background:
     """Threads that act on accepted deliveries (`MailboxFlow.process_delivery`), at most ``max_queued``
-    waiting. Started on first use: a mounted sub-application gets no lifespan events of its own."""
+    waiting, and a sweeper that queues the deliveries left ``received`` for longer than the lease
+    (their process died, or they were still waiting at a shutdown), every ``sweep_seconds``.
 
-    def __init__(self, flow: MailboxFlow, workers: int, max_queued: int, drain_seconds: float) -> None:
+    Started by the app's lifespan, or by its first request (a mounted sub-application gets no
+    lifespan events of its own; a load balancer's health checks count).
+    """
+
+    def __init__(self, flow: MailboxFlow, workers: int, max_queued: int, drain_seconds: float,
+                 sweep_seconds: float) -> None:
         self._flow = flow
         self._workers = workers
         self._slots = threading.BoundedSemaphore(max_queued)
         self._drain_seconds = drain_seconds
+        self._sweep_seconds = sweep_seconds
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._queued: set[int] = set()
+        self._stopping = threading.Event()
         self._stop_at: float | None = None
 
-    def submit(self, delivery_id: int) -> bool:
-        """Queue a delivery; False when the queue is full or closed (the caller processes it itself)."""
-        if self._stop_at is not None or not self._slots.acquire(blocking=False):
-            return False
+    def start(self) -> None:
+        """Start the workers and the sweeper (once; not after `close`)."""
         with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="mailbox-flow-webhook")
+            if self._pool is not None or self._stop_at is not None:
+                return
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="mailbox-flow-webhook")
+        threading.Thread(target=self._sweep_loop, name="mailbox-flow-webhook-sweep", daemon=True).start()
+
+    def submit(self, delivery_id: int) -> bool:
+        """Queue a delivery (True also when it already waits); False when the queue is full or closed:
+        the caller then processes it itself."""
+        self.start()
+        with self._lock:
+            if delivery_id in self._queued:
+                return True
+            if self._pool is None or self._stop_at is not None or not self._slots.acquire(blocking=False):
+                return False
+            self._queued.add(delivery_id)
             self._pool.submit(self._run, delivery_id)
         return True
 
     def _run(self, delivery_id: int) -> None:
         try:
             if self._stop_at is not None and time.monotonic() > self._stop_at:
-                return  # shutting down and out of time: it stays received, for a replay
+                return  # shutting down and out of time: it stays received, for the next sweep
             self._flow.process_delivery(delivery_id)
         except Exception as exc:  # stored as failed (or left received): a replay finishes it
             log.error("mailbox_flow.webhook_error", error=type(exc).__name__, delivery_id=delivery_id,
                       exc_info=True)
         finally:
+            with self._lock:
+                self._queued.discard(delivery_id)
             self._slots.release()
+
+    def sweep(self) -> int:
+        """Queue the deliveries received more than a lease ago and still not acted on; how many."""
+        queued = 0
+        cutoff = utcnow() - self._flow.lease
+        for delivery in self._flow.store.scan_deliveries("received", received_before=cutoff):
+            if delivery.id in self._queued:
+                continue
+            if not self.submit(delivery.id):
+                break  # full (or closing): the rest at the next sweep
+            queued += 1
+        if queued:
+            log.info("mailbox_flow.webhook_sweep", queued=queued)
+        return queued
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.sweep()
+            except Exception as exc:  # the database is away: try again at the next sweep
+                log.warning("mailbox_flow.webhook_sweep_failed", error=type(exc).__name__)
+            self._stopping.wait(self._sweep_seconds)
 
     def close(self) -> None:
         """Stop taking deliveries, give the waiting ones ``drain_seconds``, wait for those running."""
-        self._stop_at = time.monotonic() + self._drain_seconds
         with self._lock:
+            self._stop_at = time.monotonic() + self._drain_seconds
             pool = self._pool
+        self._stopping.set()
         if pool is not None:
             pool.shutdown(wait=True)
 
@@ -132,18 +179,25 @@ def create_app(
     background_workers: int = 0,
     max_queued: int = 1000,
     drain_seconds: float = 10.0,
+    sweep_seconds: float | None = None,
 ) -> Starlette:
     """The webhook receiver and health check for ``flow``, as an ASGI app.
 
     ``background_workers`` > 0: answer once a delivery is stored (202 ``accepted``) and act on it in that
-    many threads (see the module's notes); 0 (the default): act on it before answering.
+    many threads, and every ``sweep_seconds`` (default: the flow's lease) queue the deliveries left
+    ``received`` for longer than the lease (see the module's notes); 0 (the default): act on each
+    delivery before answering.
     """
-    if background_workers < 0 or max_queued < 1 or drain_seconds < 0:
-        raise ValueError("background_workers >= 0, max_queued >= 1 and drain_seconds >= 0, please")
-    background = (_Background(flow, background_workers, max_queued, drain_seconds)
+    sweep = flow.lease.total_seconds() if sweep_seconds is None else sweep_seconds
+    if background_workers < 0 or max_queued < 1 or drain_seconds < 0 or sweep <= 0:
+        raise ValueError("background_workers >= 0, max_queued >= 1, drain_seconds >= 0 and "
+                         "sweep_seconds > 0, please")
+    background = (_Background(flow, background_workers, max_queued, drain_seconds, sweep)
                   if background_workers else None)
 
     async def receive(request: Request) -> JSONResponse:
+        if background is not None:
+            background.start()
         secret = str(request.path_params.get("secret", ""))
         try:
             flow.verify_secret(secret)
@@ -185,6 +239,8 @@ def create_app(
         return JSONResponse(payload, status_code=status)
 
     async def healthz(_request: Request) -> JSONResponse:
+        if background is not None:
+            background.start()
         try:
             ok = await run_in_threadpool(flow.store.ping)
         except Exception:
@@ -193,6 +249,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if background is not None:
+            background.start()
         yield
         if background is not None:
             await run_in_threadpool(background.close)

@@ -6,13 +6,17 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from mailbox_flow import InvalidInput, MailboxFlow, Outcome, State, WebhookAuthError, WebhookPayloadError
+from mailbox_flow.models import utcnow
 from mailbox_flow.simulator import serve_in_thread
+from mailbox_flow.store import INBOX
 from mailbox_flow.web import create_app
 
 from .helpers import SECRET, counts, webhook_body
@@ -189,7 +193,8 @@ def test_shutdown_out_of_time_leaves_deliveries_for_a_replay(flow: MailboxFlow, 
 
 def test_background_options_are_checked(flow: MailboxFlow) -> None:
     """Nonsense options are refused when the app is built, not on the first delivery."""
-    for options in ({"background_workers": -1}, {"max_queued": 0}, {"drain_seconds": -1}):
+    for options in ({"background_workers": -1}, {"max_queued": 0}, {"drain_seconds": -1},
+                    {"background_workers": 1, "sweep_seconds": 0}):
         with pytest.raises(ValueError):
             create_app(flow, **options)
 
@@ -228,3 +233,29 @@ def test_a_delivery_handed_out_twice_is_acted_on_once(flow: MailboxFlow, sim: An
     assert stored is not None and flow.store.claim_delivery(stored)  # another worker took it just now
     left = flow.process_delivery(taken.delivery_id or 0)
     assert left.outcome is Outcome.DUPLICATE and left.detail == "another worker is handling it"
+
+
+def _age(flow: MailboxFlow, delivery_id: int, seconds: float) -> None:
+    """Make a stored delivery look received ``seconds`` ago."""
+    with flow.store.engine.begin() as conn:
+        conn.execute(sa.update(INBOX).where(INBOX.c.id == delivery_id)
+                     .values(received_at=utcnow() - timedelta(seconds=seconds)))
+
+
+def test_the_sweep_acts_on_deliveries_left_received(flow: MailboxFlow, sim: Any, serve: Serve) -> None:
+    """Deliveries a dead process left received are acted on by a running receiver's sweep once they
+    are older than the lease; a younger one is left alone (its own worker may still be on it)."""
+    (old_mb, old_body), (young_mb, young_body) = consented(flow, sim, 2)
+    old = flow.accept_webhook(old_body, SECRET).delivery_id or 0
+    young = flow.accept_webhook(young_body, SECRET).delivery_id or 0
+    _age(flow, old, flow.lease.total_seconds() + 5)
+    url = serve(background_workers=1, sweep_seconds=0.1)
+    assert wait_for(lambda: flow.get(old_mb.id).state is State.WARMING)
+    time.sleep(0.4)  # a few more sweeps
+    young_stored = flow.store.get_delivery(young)
+    assert young_stored is not None and young_stored.status == "received"
+    assert flow.get(young_mb.id).state is State.OAUTH_SENT
+    _age(flow, young, flow.lease.total_seconds() + 5)
+    assert wait_for(lambda: flow.get(young_mb.id).state is State.WARMING)
+    assert sim.count("PATCH", "/start-warmup") == 2
+    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
