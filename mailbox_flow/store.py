@@ -279,6 +279,19 @@ _INBOX_INSERT_NEW = {
     .returning(*_INBOX_COLS)
     for name, module in (("postgresql", postgresql), ("sqlite", sqlite))
 }
+_GET_DELIVERY = sa.select(*_INBOX_COLS).where(INBOX.c.id == _p("g_id", INBOX.c.id))
+# Take a stored delivery: compare-and-set on its attempt count (one row back when this caller won).
+_CLAIM_DELIVERY = (
+    sa.update(INBOX)
+    .where(
+        INBOX.c.id == _p("g_id", INBOX.c.id),
+        INBOX.c.attempts == _p("g_attempts", INBOX.c.attempts),
+        INBOX.c.status.in_([sa.literal("received", INBOX.c.status.type),
+                            sa.literal("failed", INBOX.c.status.type)]),
+    )
+    .values(attempts=INBOX.c.attempts + 1)
+    .returning(INBOX.c.id)
+)
 _GET_DELIVERY_BY_KEY = sa.select(*_INBOX_COLS).where(
     INBOX.c.dedupe_key == _p("g_key", INBOX.c.dedupe_key)
 )
@@ -836,9 +849,7 @@ class Store:
 
     @_storage_errors
     def get_delivery(self, delivery_id: int) -> Delivery | None:
-        with self._read() as conn:
-            row = conn.execute(sa.select(*_INBOX_COLS).where(INBOX.c.id == delivery_id)).first()
-        return _delivery_of(list(row)) if row else None
+        return self._one_delivery(_GET_DELIVERY, {"g_id": delivery_id})
 
     @_storage_errors
     def get_delivery_by_key(self, dedupe_key: str) -> Delivery | None:
@@ -991,17 +1002,10 @@ class Store:
         True when this caller won it: it was still ``received``/``failed`` with the attempt count read
         before (the claim counts as one attempt). Two reconcilers racing for a delivery: one gets True.
         """
-        with self._write() as conn:
-            result = conn.execute(
-                sa.update(INBOX)
-                .where(
-                    INBOX.c.id == delivery.id,
-                    INBOX.c.attempts == delivery.attempts,
-                    INBOX.c.status.in_(["received", "failed"]),
-                )
-                .values(attempts=INBOX.c.attempts + 1)
-            )
-            return bool(result.rowcount == 1)
+        with self._runner() as run:
+            won = run.first(_CLAIM_DELIVERY, {"g_id": delivery.id, "g_attempts": delivery.attempts},
+                            columns=[INBOX.c.id])
+        return won is not None
 
     @_storage_errors
     def _mailboxes_of(self, statement: sa.Select[Any], params: dict[str, Any]) -> list[Mailbox]:
