@@ -84,6 +84,17 @@ def receive(flow: MailboxFlow, body: bytes, secret: str) -> int:
     return 202 if result.outcome is Outcome.DEFERRED else 200
 
 
+def receive_then_act(flow: MailboxFlow, body: bytes, secret: str) -> int | None:
+    accepted = flow.accept_webhook(body, secret=secret)
+    assert_type(accepted, WebhookResult)
+    if accepted.outcome is not Outcome.ACCEPTED or accepted.delivery_id is None:
+        return None
+    assert_type(accepted.delivery_id, int)
+    done = flow.process_delivery(accepted.delivery_id)
+    assert_type(done.outcome, Outcome)
+    return done.delivery_id
+
+
 def commands(flow: MailboxFlow, mailbox_id: uuid.UUID) -> list[AuditEntry]:
     try:
         assert_type(flow.pause_warmup(mailbox_id), Mailbox)
@@ -121,4 +132,5 @@ def edges(flow: MailboxFlow) -> Starlette:
     assert_type(diagram.render("svg"), str)
     assert_type(migrate.upgrade("sqlite:///typed.db"), str | None)
     assert_type(mailbox_flow.__version__, str)
+    create_app(flow, background_workers=4, max_queued=500, drain_seconds=5.0, sweep_seconds=30.0)
     return create_app(flow, max_body_bytes=DEFAULT_MAX_BODY_BYTES)
