@@ -726,7 +726,8 @@ class MailboxFlow:
         the stored delivery to hand to `process_delivery` (for a repeat of a delivery stored earlier and
         never finished, that earlier one's id), or ``duplicate``. Raises as `handle_webhook` does. A
         delivery accepted and never processed (its process died) stays in the inbox as ``received``:
-        a redelivery after the lease, ``webhook replay --all`` or ``reconcile --fix`` finishes it.
+        the receiver's sweep, a redelivery after the lease, ``webhook replay --all`` or
+        ``reconcile --fix`` finishes it.
         """
         taken = self._take_in(body, secret, counted=False)
         if taken.answer is not None:
@@ -737,7 +738,8 @@ class MailboxFlow:
     def process_delivery(self, delivery_id: int) -> WebhookResult:
         """Act on a delivery `accept_webhook` stored: match it, call Mailivery, move the mailbox.
 
-        The delivery is taken with a compare-and-set on its attempt count, so of several workers handed
+        A delivery is acted on while it is ``received`` or ``failed`` (Mailivery could not be asked last
+        time). It is taken with a compare-and-set on its attempt count, so of several workers handed
         the same delivery (a queue that delivers twice, a sweep, the reconciler) one acts on it; one
         already handled, or taken by another worker less than a lease ago, is not acted on again: the
         answer is ``duplicate``.
@@ -747,7 +749,7 @@ class MailboxFlow:
         if delivery is None:
             raise InvalidInput("delivery_id", f"no stored delivery {delivery_id}")
         event = parse_webhook(delivery.body)
-        if delivery.status != "received":
+        if delivery.status not in ("received", "failed"):  # failed: Mailivery could not be asked
             detail = f"already handled ({delivery.status})"
         elif delivery.attempts and not self._needs_processing(delivery):
             detail = "another worker is handling it"  # taken, within its lease

@@ -259,3 +259,19 @@ def test_the_sweep_acts_on_deliveries_left_received(flow: MailboxFlow, sim: Any,
     assert wait_for(lambda: flow.get(young_mb.id).state is State.WARMING)
     assert sim.count("PATCH", "/start-warmup") == 2
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_repeat_of_a_deferred_delivery_is_acted_on(flow: MailboxFlow, sim: Any) -> None:
+    """Mailivery down: the accepted delivery ends failed (deferred). Its redelivery is accepted with
+    the original's id, and acting on it then warms the mailbox, as handle_webhook would."""
+    [(mailbox, body)] = consented(flow, sim, 1)
+    first = flow.accept_webhook(body, SECRET)
+    sim.faults.fail_next(20, status=503)
+    assert flow.process_delivery(first.delivery_id or 0).outcome is Outcome.DEFERRED
+    sim.faults.clear()
+    stored = flow.store.get_delivery(first.delivery_id or 0)
+    assert stored is not None and stored.status == "failed"
+    again = flow.accept_webhook(body, SECRET)
+    assert again.outcome is Outcome.ACCEPTED and again.delivery_id == first.delivery_id
+    assert flow.process_delivery(again.delivery_id or 0).outcome is Outcome.STARTED
+    assert flow.get(mailbox.id).state is State.WARMING
