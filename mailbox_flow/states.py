@@ -27,6 +27,7 @@ from .errors import InvalidTransition
 __all__ = [
     "ACTIVE_STATES",
     "MACHINE",
+    "STATE_BY_VALUE",
     "TERMINAL_STATES",
     "TRANSITIONS",
     "Effect",
@@ -106,8 +107,9 @@ TRANSITIONS: tuple[TransitionRule, ...] = (
 TRIGGERS: tuple[str, ...] = tuple(dict.fromkeys(rule.trigger for rule in TRANSITIONS))
 
 
-# plain value <-> member, by dict (cheaper than ``State(value)`` and ``member.value`` on every trigger)
-_MEMBER: dict[str, State] = {s.value: s for s in State}
+#: Each state by its value, a dict lookup (cheaper than ``State(value)``: every trigger and every row read
+#: from the database turns a value into a member).
+STATE_BY_VALUE: dict[str, State] = {s.value: s for s in State}
 _VALUE: dict[str, str] = {s.value: s.value for s in State}  # a member finds its value too (StrEnum)
 
 
@@ -143,7 +145,7 @@ class Subject:
     @property
     def state(self) -> State:
         """The subject's state (the machine itself works on the plain value, ``state_value``)."""
-        return _MEMBER[self.state_value]
+        return STATE_BY_VALUE[self.state_value]
 
 
 def _effect_callback(effect: Effect) -> Callable[[Any], None]:
@@ -257,7 +259,7 @@ def fire(trigger: str, subject: Subject, mailbox_id: Any = None) -> State:
     event = MACHINE.events.get(trigger)
     try:
         if event is not None and event.trigger(subject):
-            return _MEMBER[subject.state_value]
+            return STATE_BY_VALUE[subject.state_value]
     except MachineError:
         pass
     raise InvalidTransition(trigger, subject.state, mailbox_id)

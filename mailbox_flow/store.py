@@ -30,7 +30,7 @@ from sqlalchemy.pool import StaticPool
 from ._direct import Direct, EngineRunner, Runner, Statement
 from .errors import ConfigurationError, DuplicateMailbox, MailboxFlowError, StorageError
 from .models import ACTIVE_PREDICATE, MailboxRow, TransitionRow, WebhookDeliveryRow, metadata, utcnow
-from .states import ACTIVE_STATES, State
+from .states import ACTIVE_STATES, STATE_BY_VALUE, State
 from .types import AuditEntry, Delivery, Mailbox, Source
 
 __all__ = ["Finish", "Move", "Store", "make_engine"]
@@ -178,12 +178,11 @@ def _maker(cls: type[_T]) -> Callable[[list[Any]], _T]:
 
 _new_mailbox = _maker(Mailbox)
 _new_delivery = _maker(Delivery)
-_STATE_OF: dict[str, State] = {s.value: s for s in State}
 
 
 def _mailbox_of(values: list[Any]) -> Mailbox:
     """A `Mailbox` from a row's values (in ``_MAILBOX_COLS`` order: every mailbox query selects them)."""
-    values[_STATE_AT] = _STATE_OF[values[_STATE_AT]]
+    values[_STATE_AT] = STATE_BY_VALUE[values[_STATE_AT]]
     return _new_mailbox(values)
 
 
