@@ -44,6 +44,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .audit import redact_secrets
+from .mailivery.client import shared_tls_context
 from .models import utcnow
 from .states import State
 from .types import AuditEntry, Mailbox
@@ -243,7 +244,8 @@ class _Demo:
         self.database_url = database_url
         self.sim: Simulator | None = None
         self.flow: MailboxFlow | None = None
-        self.http = stack.enter_context(httpx.Client(timeout=5.0, follow_redirects=False))
+        self.http = stack.enter_context(httpx.Client(timeout=5.0, follow_redirects=False,
+                                                           verify=shared_tls_context()))
         self.arrow = self.symbols.arrow
         self.ada = _Expected("Ada", "ada@contoso.com", State.WARMING, "active", 1)
         self.orphan = _Expected("orphan", "eve@fabrikam.com", State.REJECTED, "pending", 0)

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from .flow import MailboxFlow
+from .mailivery.client import shared_tls_context
 from .types import Mailbox
 
 __all__ = ["LoadResult", "prepare_deliveries", "send_concurrently"]
@@ -64,7 +65,7 @@ def send_concurrently(url: str, deliveries: Sequence[bytes], *, connections: int
     def post(body: bytes) -> None:
         client: httpx.Client | None = getattr(local, "client", None)
         if client is None:
-            client = local.client = httpx.Client(timeout=30)
+            client = local.client = httpx.Client(timeout=30, verify=shared_tls_context())
             with lock:
                 clients.append(client)
         response = client.post(url, content=body)

@@ -159,6 +159,43 @@ class TestConstruction:
         assert str(rec.requests[0].url) == "https://mailivery.test/api/v1/campaigns/5"
 
 
+    def test_clients_share_one_tls_context(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The certificate bundle is loaded once per process, not once per client."""
+        import ssl
+
+        from mailbox_flow.mailivery import client as client_module
+
+        loads: list[Any] = []
+        real_load = ssl.SSLContext.load_verify_locations
+
+        def counting_load(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+            loads.append(args or kwargs)
+            real_load(self, *args, **kwargs)
+
+        monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting_load)
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        client_module._tls_context.cache_clear()
+        for _ in range(3):
+            MailiveryClient(API_KEY, BASE).close()
+        assert len(loads) == 1
+        context = client_module.shared_tls_context()
+        assert context.verify_mode is ssl.CERT_REQUIRED and context.check_hostname
+
+    def test_tls_context_follows_ssl_cert_file(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """SSL_CERT_FILE (a private CA's bundle) is honoured, as httpx would on its own."""
+        import certifi
+
+        from mailbox_flow.mailivery.client import shared_tls_context
+
+        default = shared_tls_context()
+        monkeypatch.setenv("SSL_CERT_FILE", certifi.where())
+        custom = shared_tls_context()
+        assert custom is not default and custom is shared_tls_context()
+        monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        with pytest.raises(ConfigurationError, match=r"SSL_CERT_FILE=/nonexistent/ca\.pem"):
+            MailiveryClient(API_KEY, BASE)
+
 # -- headers -------------------------------------------------------------------------------------
 
 

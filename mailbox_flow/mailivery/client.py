@@ -17,8 +17,11 @@ headers, bodies or any URL returned by Mailivery.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import os
+import ssl
 import threading
 import time
 import uuid
@@ -173,6 +176,35 @@ _SHARED_LIMITERS_LOCK = threading.Lock()
 def _limiter_key(api_key: str, base_url: str) -> str:
     """A digest of (base URL, API key): the registry never holds the key itself."""
     return hashlib.sha256(f"{base_url.rstrip('/')}\n{api_key.strip()}".encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    if cert_file:
+        return ssl.create_default_context(cafile=cert_file)
+    if cert_dir:
+        return ssl.create_default_context(capath=cert_dir)
+    return httpx.create_ssl_context()
+
+
+def shared_tls_context() -> ssl.SSLContext:
+    """The process's TLS context for Mailivery connections, built once (per ``SSL_CERT_FILE`` /
+    ``SSL_CERT_DIR`` setting) and shared by every `MailiveryClient`.
+
+    It verifies certificates against certifi's bundle, or the file or directory those variables name,
+    as httpx does by default (an unreadable one is a `ConfigurationError`). Loading a bundle costs tens
+    of milliseconds, which httpx would pay again for every new client; an `ssl.SSLContext` is safe to
+    share between threads and clients.
+    """
+    cert_file = os.environ.get("SSL_CERT_FILE") or None
+    cert_dir = os.environ.get("SSL_CERT_DIR") or None
+    try:
+        return _tls_context(cert_file, cert_dir)
+    except (OSError, ssl.SSLError) as exc:
+        where = f"SSL_CERT_FILE={cert_file}" if cert_file else f"SSL_CERT_DIR={cert_dir}"
+        raise ConfigurationError(
+            f"cannot load the certificates for Mailivery's TLS connections from {where}: {exc}"
+        ) from None
 
 
 def shared_rate_limiter(
@@ -359,6 +391,7 @@ class MailiveryClient:
         self._http = httpx.Client(
             base_url=base_url,
             transport=transport,
+            verify=shared_tls_context(),
             timeout=timeout,
             follow_redirects=False,
             headers={

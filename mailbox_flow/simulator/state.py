@@ -50,6 +50,8 @@ from typing import Any, Literal, NamedTuple
 
 import httpx
 
+from ..mailivery.client import shared_tls_context
+
 __all__ = [
     "CAMPAIGN_STATUSES",
     "Call",
@@ -981,7 +983,7 @@ class Simulator:
             self._worker.start()
 
     def _deliver_loop(self) -> None:
-        with httpx.Client(timeout=self.webhook_timeout) as client:
+        with httpx.Client(timeout=self.webhook_timeout, verify=shared_tls_context()) as client:
             while True:
                 with self._out:
                     while True:
