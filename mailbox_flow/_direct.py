@@ -128,7 +128,12 @@ class Direct:
         PostgreSQL: autocommit for single statements; a transaction otherwise. DBAPI errors come out
         as SQLAlchemy's exceptions; a connection the error broke is invalidated, not reused.
         """
-        pooled = self.engine.raw_connection()
+        try:
+            pooled = self.engine.raw_connection()  # unlike Engine.connect(), this does not wrap errors
+        except self._error as exc:
+            raise DBAPIError.instance(
+                None, None, exc, self._error, connection_invalidated=True, dialect=self.dialect
+            ) from exc
         conn: Any = pooled.driver_connection
         autocommit_set = False
         try:

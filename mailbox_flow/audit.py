@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "logger", "redact_secrets"]
+__all__ = ["configure_logging", "error_fields", "logger", "redact_secrets"]
 
 logger = structlog.get_logger("mailbox_flow")
 
@@ -39,6 +40,29 @@ def redact_secrets(
         if isinstance(value, str) and ("?" in value or "earer" in value):
             event_dict[key] = _scrub(value)
     return event_dict
+
+
+def error_fields(exc: BaseException, frames: int = 6) -> dict[str, str]:
+    """Log fields for an unexpected exception that never carry a secret: its type, and where it was
+    raised (the innermost ``frames`` frames as ``file:line in function``, innermost first).
+
+    The library logs these instead of ``exc_info``: a rendered traceback holds the exception's message
+    (a database error quotes the SQL and its parameters, a webhook body among them), and structlog's
+    console renderer prints every frame's local variables (the webhook secret among them).
+    """
+    stack = traceback.extract_tb(exc.__traceback__)[-frames:]
+    where = " < ".join(f"{_short_path(f.filename)}:{f.lineno} in {f.name}" for f in reversed(stack))
+    return {"error": type(exc).__name__, "where": where}
+
+
+def _short_path(filename: str) -> str:
+    """``.../site-packages/sqlalchemy/pool/base.py`` -> ``sqlalchemy/pool/base.py``."""
+    parts = filename.replace("\\", "/").split("/")
+    for marker in ("mailbox_flow", "site-packages", "dist-packages"):
+        if marker in parts[:-1]:
+            at = len(parts) - 1 - parts[::-1].index(marker)
+            return "/".join(parts[at + (marker != "mailbox_flow"):])
+    return "/".join(parts[-2:])
 
 
 class _CurrentStderr:

@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from .audit import error_fields
 from .errors import MailboxFlowError, WebhookAuthError, WebhookPayloadError
 from .models import utcnow
 from .types import Outcome
@@ -114,8 +115,7 @@ class _Background:
                 return  # shutting down and out of time: it stays received, for the next sweep
             self._flow.process_delivery(delivery_id)
         except Exception as exc:  # stored as failed (or left received): a replay finishes it
-            log.error("mailbox_flow.webhook_error", error=type(exc).__name__, delivery_id=delivery_id,
-                      exc_info=True)
+            log.error("mailbox_flow.webhook_error", delivery_id=delivery_id, **error_fields(exc))
         finally:
             with self._lock:
                 self._queued.discard(delivery_id)
@@ -227,7 +227,7 @@ def create_app(
             log.error("mailbox_flow.webhook_unavailable", error=type(exc).__name__)
             return JSONResponse({"error": "unavailable"}, status_code=503)
         except Exception as exc:  # never a 500: the sender retries, the reconciler finishes it
-            log.error("mailbox_flow.webhook_error", error=type(exc).__name__, exc_info=True)
+            log.error("mailbox_flow.webhook_error", **error_fields(exc))
             return JSONResponse({"error": "unavailable"}, status_code=503)
         payload: dict[str, Any] = {
             "outcome": result.outcome.value,

@@ -8,8 +8,9 @@ their types and leave no transaction or autocommit setting behind.
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -23,6 +24,8 @@ from mailbox_flow import InvalidTransition, MailboxFlow, State, StorageError
 from mailbox_flow.models import utcnow
 from mailbox_flow.store import MAILBOX, Finish, Store
 from mailbox_flow.types import Mailbox, Source
+
+from .helpers import SECRET
 
 
 @contextmanager
@@ -299,3 +302,26 @@ def test_transition_finishes_its_delivery_only_when_it_moves(flow: MailboxFlow) 
     assert (done.status, done.outcome, done.mailbox_id, done.error) == (
         "processed", "started", mailbox.id, None)
     assert done.processed_at is not None and done.processed_at >= delivery.received_at
+
+
+@pytest.mark.parametrize("where", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_unreachable_database_is_a_storage_error(where: str, tmp_path: Any) -> None:
+    """A database that cannot be connected to at all (a SQLite file in a missing directory, a
+    PostgreSQL port nobody listens on): every entry point raises StorageError, not the driver's error."""
+    url = (f"sqlite:///{tmp_path}/missing/dir/x.db" if where == "sqlite"
+           else "postgresql+psycopg://postgres@127.0.0.1:9/test?connect_timeout=2")
+    flow = MailboxFlow(url, webhook_secret=SECRET)
+    body = json.dumps({"type": "campaign.pending",
+                       "account": {"campaign_id": 5, "email": "a@b.co"}}).encode()
+    calls: list[Callable[[], object]] = [
+        lambda: flow.get(uuid.uuid4()),
+        lambda: flow.expire(uuid.uuid4()),
+        lambda: flow.handle_webhook(body, SECRET),
+        lambda: flow.accept_webhook(body, SECRET),
+        lambda: flow.process_delivery(1),
+        flow.store.ping,
+    ]
+    for call in calls:
+        with pytest.raises(StorageError):
+            call()
+    flow.close()

@@ -135,6 +135,48 @@ def test_healthz(flow: MailboxFlow, receiver: str, tmp_path: Any) -> None:
         stop()
 
 
+@pytest.mark.parametrize("background_workers", [0, 1])
+def test_unexpected_error_is_a_503_logged_without_secrets(
+    flow: MailboxFlow, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    background_workers: int,
+) -> None:
+    """A bug inside the flow answers 503 (the sender retries) and logs its type and where it was
+    raised, rendered by the console renderer: no traceback, no local variables, no message, so
+    neither the webhook secret nor the body reaches the log."""
+    from mailbox_flow.audit import configure_logging
+
+    def broken(self: MailboxFlow, delivery_id: int) -> Any:
+        raise RuntimeError("boom with the body inside: correlation-token-xyz")
+
+    body = webhook_body(5, "a@b.co")
+    configure_logging("console", "INFO")
+    try:
+        if background_workers:
+            monkeypatch.setattr(MailboxFlow, "process_delivery", broken)
+        else:
+            monkeypatch.setattr(MailboxFlow, "handle_webhook",
+                                lambda self, body, secret, headers=None: broken(self, 0))
+        app = create_app(flow, background_workers=background_workers)
+        url, stop = serve_in_thread(app, "127.0.0.1", 0)
+        try:
+            response = post(url, body)
+            if background_workers:  # acted on in the background; stop() waits for it
+                assert response.status_code == 202
+            else:
+                assert response.status_code == 503 and response.json() == {"error": "unavailable"}
+        finally:
+            stop()
+    finally:
+        import structlog
+
+        structlog.reset_defaults()
+    err = capsys.readouterr().err
+    assert "mailbox_flow.webhook_error" in err and "RuntimeError" in err, err
+    assert "tests/test_web.py" in err and "in broken" in err, err
+    for secret in (SECRET, "correlation-token-xyz", body.decode()[:20], "Traceback"):
+        assert secret not in err, err
+
+
 # -- every event type ----------------------------------------------------------------------------
 
 
