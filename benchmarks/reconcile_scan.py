@@ -43,6 +43,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mailbox_flow import MailboxFlow, State
+from mailbox_flow.audit import configure_logging
 from mailbox_flow.store import MAILBOX, Store
 
 STATE_INDEX = "ix_mailbox_state_scan"
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, default=None,
                         help="build the database at this path and keep it (default: a temp dir)")
     args = parser.parse_args(argv)
+    configure_logging("console", "WARNING")  # one reconcile log line per timed run is noise here
 
     with tempfile.TemporaryDirectory() as tmp:
         path = args.keep or Path(tmp) / "bench.db"
