@@ -28,6 +28,10 @@ REQUIRE_PG = os.environ.get("CI", "").lower() in ("1", "true", "yes") or bool(
     os.environ.get("MAILBOX_FLOW_REQUIRE_POSTGRES")
 )
 
+# Commits need not wait for the disk in tests: nothing a test can observe changes (only what a crash of
+# the server itself would lose), and the suite runs thousands of small transactions.
+TEST_PG_SETTINGS = {"synchronous_commit": "off"}
+
 _pg_state: dict[str, object] = {}
 
 
@@ -60,7 +64,7 @@ def _postgres_schema_url() -> Iterator[str]:
         if REQUIRE_PG:
             pytest.fail(message + " (CI requires it)", pytrace=False)
         pytest.skip(message)
-    with postgres_schema(PG_URL) as url:
+    with postgres_schema(PG_URL, settings=TEST_PG_SETTINGS) as url:
         yield url
 
 

@@ -178,6 +178,28 @@ def test_wait_for_state_fails_with_what_it_saw(mailbox_flow: MailboxFlow) -> Non
         wait_for_state(mailbox_flow, mb.id, "warming", timeout=0.05)
 
 
+@pytest.mark.postgres
+def test_postgres_schema_passes_settings_to_every_connection(postgres_url: str) -> None:
+    """postgres_schema(settings=...) reaches every connection made from its URL, beside the
+    search_path; a value that could smuggle another option in is refused."""
+    import sqlalchemy as sa
+
+    from .conftest import PG_URL
+
+    with plugin.postgres_schema(PG_URL, prefix="mf_opts",
+                                settings={"synchronous_commit": "off", "lock_timeout": "5s"}) as url:
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW synchronous_commit")).scalar() == "off"
+            assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "5s"
+            assert conn.execute(sa.text("SELECT current_schema()")).scalar().startswith("mf_opts_")
+        engine.dispose()
+    for bad in ({"synchronous_commit": "off -csearch_path=public"}, {"Bad Name": "1"}):
+        with pytest.raises(ValueError, match="not a PostgreSQL setting"), \
+                plugin.postgres_schema(PG_URL, settings=bad):
+            pass
+
+
 def test_plugin_is_registered_by_entry_point(pytestconfig: pytest.Config) -> None:
     """The pytest11 entry point `mailbox_flow` names mailbox_flow.testing, and pytest loaded it."""
     points = importlib.metadata.entry_points(group="pytest11")

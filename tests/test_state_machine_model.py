@@ -59,7 +59,7 @@ from mailbox_flow.simulator import ConsentNotFound, Faults
 from mailbox_flow.states import ACTIVE_STATES
 from mailbox_flow.testing import postgres_schema
 
-from .conftest import PG_URL, _pg_reachable
+from .conftest import PG_URL, TEST_PG_SETTINGS, _pg_reachable
 from .helpers import API_KEY, SECRET
 
 EMAILS = ("ada@contoso.com", "grace@navy.mil", "alan@bletchley.uk")
@@ -456,7 +456,7 @@ def _sqlite() -> Iterator[str]:
 
 @contextmanager
 def _postgres() -> Iterator[str]:
-    with postgres_schema(PG_URL, prefix="mf_model") as url:
+    with postgres_schema(PG_URL, prefix="mf_model", settings=TEST_PG_SETTINGS) as url:
         yield url
 
 
