@@ -87,6 +87,25 @@ class Prepared:
 _REQUIRED = object()
 
 
+def _dialect_key(dialect: sa.Dialect) -> tuple[Any, ...]:
+    """What a compiled statement and its type processors depend on, beyond the statement itself.
+
+    Two engines whose dialects agree on these (the same database kind, driver and server version, as
+    every flow of a process on one database has) share their prepared statements, so a new engine
+    (a test's fresh database, a second flow) does not compile them all again.
+    """
+    return (type(dialect), dialect.server_version_info, dialect.paramstyle,
+            dialect.supports_native_uuid, dialect.supports_native_boolean,
+            dialect.supports_native_decimal, dialect.max_identifier_length,
+            getattr(dialect, "_json_serializer", None), getattr(dialect, "_json_deserializer", None))
+
+
+#: Prepared statements shared by every engine of the process (see `_dialect_key`); bounded, although
+#: statements are module constants or come from bounded caches.
+_SHARED: dict[tuple[Any, ...], tuple[Any, Prepared]] = {}
+_SHARED_MAX = 4096
+
+
 class Direct:
     """Prepared statements of one engine, and the pooled DBAPI connections they run on."""
 
@@ -115,8 +134,14 @@ class Direct:
         key = (id(statement), tuple(column_keys) if column_keys is not None else None)
         entry = self._prepared.get(key)
         if entry is None or entry[0] is not statement:
-            entry = (statement, Prepared(statement, self.dialect, column_keys=column_keys,
-                                         columns=columns))
+            shared_key = (*key, _dialect_key(self.dialect))
+            entry = _SHARED.get(shared_key)
+            if entry is None or entry[0] is not statement:
+                entry = (statement, Prepared(statement, self.dialect, column_keys=column_keys,
+                                             columns=columns))
+                if len(_SHARED) >= _SHARED_MAX:
+                    _SHARED.clear()
+                _SHARED[shared_key] = entry
             self._prepared[key] = entry
         return entry[1]
 

@@ -325,3 +325,24 @@ def test_unreachable_database_is_a_storage_error(where: str, tmp_path: Any) -> N
         with pytest.raises(StorageError):
             call()
     flow.close()
+
+
+def test_engines_on_the_same_kind_of_database_share_prepared_statements(tmp_path: Any) -> None:
+    """A second engine (another flow, a test's fresh database) reuses the statements the first one
+    compiled, as long as its dialect compiles them the same way; another dialect gets its own."""
+    from mailbox_flow.store import _GET, _MAILBOX_COLS
+
+    first = MailboxFlow(f"sqlite:///{tmp_path}/one.db", webhook_secret=SECRET)
+    second = MailboxFlow(f"sqlite:///{tmp_path}/two.db", webhook_secret=SECRET)
+    for flow in (first, second):
+        flow.create_schema()
+        flow.get(seed(flow.store, "shared").id)
+    one, two = (flow.store._direct.prepared(_GET, columns=_MAILBOX_COLS) for flow in (first, second))
+    assert one is two
+    # a dialect that differs in what compilation depends on compiles its own
+    second.store.engine.dialect.max_identifier_length += 1
+    second.store._direct._prepared.clear()
+    assert second.store._direct.prepared(_GET, columns=_MAILBOX_COLS) is not one
+    assert second.get(second.list()[0].id).email == "shared@example.com"
+    for flow in (first, second):
+        flow.close()
