@@ -139,8 +139,7 @@ def _storage_errors(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _to_audit(row: Any) -> AuditEntry:
-    data = dict(row._mapping)
+def _to_audit(data: dict[str, Any]) -> AuditEntry:
     data["from_state"] = State(data["from_state"])
     data["to_state"] = State(data["to_state"])
     data["source"] = Source(data["source"])
@@ -316,6 +315,26 @@ _FINISH_DELIVERY = (
         processed_at=_p("v_now", INBOX.c.processed_at),
     )
 )
+
+
+_HISTORY = sa.select(*_AUDIT_COLS).where(AUDIT.c.mailbox_id == _p("g_id", AUDIT.c.mailbox_id)).order_by(
+    AUDIT.c.id
+)
+_AUDIT_NAMES = [column.name for column in _AUDIT_COLS]
+
+
+@lru_cache(maxsize=16)
+def _list_statement(by_state: bool, by_owner: bool, changed: bool, limited: bool) -> sa.Select[Any]:
+    """``Store.mailboxes`` for one combination of filters (one state at most), oldest first."""
+    query = sa.select(*_MAILBOX_COLS)
+    if by_state:
+        query = query.where(MAILBOX.c.state == _p("g_state", MAILBOX.c.state))
+    if by_owner:
+        query = query.where(MAILBOX.c.owner_id == _p("g_owner", MAILBOX.c.owner_id))
+    if changed:
+        query = query.where(MAILBOX.c.state_changed_at < _p("g_before", MAILBOX.c.state_changed_at))
+    query = query.order_by(MAILBOX.c.created_at, MAILBOX.c.id)
+    return query.limit(sa.bindparam("g_limit", type_=sa.Integer)) if limited else query
 
 
 @lru_cache(maxsize=128)
@@ -620,6 +639,12 @@ class Store:
         changed_before: datetime | None = None,
         limit: int | None = None,
     ) -> list[Mailbox]:
+        if not states or len(states) == 1:  # a prebuilt statement (an IN list could not be one)
+            statement = _list_statement(bool(states), owner_id is not None, changed_before is not None,
+                                        limit is not None)
+            params = {"g_state": State(states[0]).value if states else None, "g_owner": owner_id,
+                      "g_before": changed_before, "g_limit": limit}
+            return self._mailboxes_of(statement, params)
         query = sa.select(*_MAILBOX_COLS)
         if states:
             query = query.where(MAILBOX.c.state.in_([State(s).value for s in states]))
@@ -635,11 +660,9 @@ class Store:
 
     @_storage_errors
     def history(self, mailbox_id: uuid.UUID) -> list[AuditEntry]:
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(*_AUDIT_COLS).where(AUDIT.c.mailbox_id == mailbox_id).order_by(AUDIT.c.id)
-            )
-            return [_to_audit(r) for r in rows]
+        with self._runner() as run:
+            rows = run.all(_HISTORY, {"g_id": mailbox_id}, columns=_AUDIT_COLS)
+        return [_to_audit(dict(zip(_AUDIT_NAMES, row, strict=True))) for row in rows]
 
     @_storage_errors
     def claim(

@@ -346,3 +346,30 @@ def test_engines_on_the_same_kind_of_database_share_prepared_statements(tmp_path
     assert second.get(second.list()[0].id).email == "shared@example.com"
     for flow in (first, second):
         flow.close()
+
+
+def test_listing_and_history_on_both_paths(flow: MailboxFlow) -> None:
+    """``mailboxes`` with every combination of its filters, and ``history``, return the same on the
+    direct path as through SQLAlchemy, and honour each filter."""
+    store = flow.store
+    first = seed(store, "first", State.PENDING)
+    second = seed(store, "second", State.PENDING)
+    other = store.insert_mailbox({"email": "other@example.com", "state": "pending", "owner_id": "u2",
+                                  "first_name": "O", "correlation_token": "t"})
+    flow.expire(seed(store, "third").id)
+    later = utcnow() + timedelta(seconds=1)
+    queries: list[dict[str, Any]] = [
+        {}, {"states": [State.PENDING]}, {"states": [State.PENDING, State.EXPIRED]}, {"owner_id": "u1"},
+        {"states": [State.PENDING], "owner_id": "u1", "limit": 1},
+        {"changed_before": later, "limit": 2}, {"changed_before": utcnow() - timedelta(days=1)},
+        {"states": [State.WARMING]},
+    ]
+    direct = [store.mailboxes(**q) for q in queries]
+    trails = [store.history(mb.id) for mb in store.mailboxes()]
+    with through_sqlalchemy(store.engine) as seen:
+        assert [store.mailboxes(**q) for q in queries] == direct
+        assert [store.history(mb.id) for mb in store.mailboxes()] == trails
+    assert seen
+    assert [len(found) for found in direct] == [4, 3, 4, 3, 1, 2, 0, 0]
+    assert direct[4] == [first] and direct[1] == [first, second, other]
+    assert [entry.trigger for entry in trails[3]] == ["expire"]
