@@ -323,12 +323,13 @@ def connect(
 def list_mailboxes(
     state: Annotated[str | None, typer.Option(help="Only mailboxes in this state.")] = None,
     owner: Annotated[str | None, typer.Option(help="Only mailboxes of this owner id.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many (the oldest).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     database_url: DatabaseOption = None,
 ) -> None:
     """List mailboxes, oldest first."""
     with _guard(), _open_flow(database_url) as flow:
-        mailboxes = flow.list(state=state, owner_id=owner)
+        mailboxes = flow.list(state=state, owner_id=owner, limit=limit)
     if as_json:
         _write_json("-", {"mailboxes": [mb.to_dict() for mb in mailboxes]})
         return

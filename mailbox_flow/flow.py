@@ -215,15 +215,19 @@ class MailboxFlow:
             normalized
         )
 
-    def list(self, state: State | str | None = None, owner_id: str | None = None) -> builtins.list[Mailbox]:
-        """Mailboxes, optionally of one state and/or one owner, oldest first."""
+    def list(
+        self, state: State | str | None = None, owner_id: str | None = None, *, limit: int | None = None
+    ) -> builtins.list[Mailbox]:
+        """Mailboxes, optionally of one state and/or one owner, oldest first; at most ``limit`` of them."""
         states = None
         if state is not None:
             try:
                 states = [State(state)]
             except ValueError:
                 raise InvalidInput("state", f"unknown state {state!r}") from None
-        return self.store.mailboxes(states=states, owner_id=owner_id)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InvalidInput("limit", f"must be a positive integer, not {limit!r}")
+        return self.store.mailboxes(states=states, owner_id=owner_id, limit=limit)
 
     def history(self, mailbox_id: uuid.UUID | str) -> builtins.list[AuditEntry]:
         """The mailbox's audit trail, oldest first."""

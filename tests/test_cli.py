@@ -251,6 +251,10 @@ def test_connect_list_show(db: MailboxFlow, sim: Any) -> None:
     assert listed.exit_code == 0 and "grace@navy.mil" in listed.stdout
     assert json.loads(run("list", "--json").stdout)["mailboxes"][0]["id"] == str(mb.id)
     assert "grace" not in run("list", "--state", "warming").stdout
+    db.request_connection(owner_id="user-10", email="ada@navy.mil", first_name="Ada")
+    limited = json.loads(run("list", "--json", "--limit", "1").stdout)["mailboxes"]
+    assert [m["email"] for m in limited] == ["grace@navy.mil"]  # the oldest
+    assert run("list", "--limit", "0").exit_code == 2
 
     db.handle_webhook(consent(sim, mb), secret=SECRET)
     for key in (str(mb.id), "GRACE@navy.mil"):

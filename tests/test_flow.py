@@ -314,6 +314,20 @@ def test_unknown_mailbox_and_bad_id(flow: MailboxFlow) -> None:
     assert flow.find_by_email("nobody@example.com") is None
 
 
+def test_list_filters_and_limit(flow: MailboxFlow) -> None:
+    """list() filters by state and owner, oldest first, at most ``limit``; bad filters are InvalidInput."""
+    made = [flow.request_connection(owner_id=owner, email=f"{name}@contoso.com", first_name=name)
+            for owner, name in (("u-1", "ada"), ("u-2", "bob"), ("u-1", "cy"))]
+    flow.expire(made[1].id)
+    assert [mb.email for mb in flow.list()] == ["ada@contoso.com", "bob@contoso.com", "cy@contoso.com"]
+    assert [mb.id for mb in flow.list(owner_id="u-1", limit=1)] == [made[0].id]
+    assert [mb.id for mb in flow.list("oauth_sent", "u-1")] == [made[0].id, made[2].id]
+    assert [mb.id for mb in flow.list(State.EXPIRED, limit=5)] == [made[1].id]
+    for bad in ({"state": "sleeping"}, {"limit": 0}, {"limit": True}, {"limit": "3"}):
+        with pytest.raises(InvalidInput):
+            flow.list(**bad)
+
+
 # -- failures of Mailivery -----------------------------------------------------------------------
 
 

@@ -110,6 +110,7 @@ def commands(flow: MailboxFlow, mailbox_id: uuid.UUID) -> list[AuditEntry]:
     assert_type(flow.get(mailbox_id), Mailbox)
     assert_type(flow.find_by_email("ada@contoso.com"), Mailbox | None)
     assert_type(flow.list(state=State.WARMING, owner_id="user-42"), list[Mailbox])
+    assert_type(flow.list("pending", limit=100), list[Mailbox])
     history = flow.history(mailbox_id)
     assert_type(history[0].to_state, State)
     return history
