@@ -14,6 +14,7 @@ import httpx
 import uvicorn
 from starlette.types import ASGIApp
 
+from mailbox_flow.mailivery.client import shared_tls_context
 from mailbox_flow.simulator.app import API_PREFIX, create_app
 from mailbox_flow.simulator.state import Simulator
 
@@ -154,6 +155,7 @@ class SimulatorServer:
         """An `httpx.Client` on `api_url` carrying the simulator's API key."""
         headers = {"Authorization": f"Bearer {self.sim.api_key}", "Accept": "application/json"}
         headers.update(kwargs.pop("headers", {}))
+        kwargs.setdefault("verify", shared_tls_context())  # not a new certificate bundle per client
         return httpx.Client(base_url=self.api_url, headers=headers, **kwargs)
 
     def __enter__(self) -> Self:
