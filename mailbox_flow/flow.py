@@ -104,6 +104,12 @@ class Recovery(NamedTuple):
     detail: str | None = None
 
 
+def _checked_limit(limit: int | None) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InvalidInput("limit", f"must be a positive integer, not {limit!r}")
+    return limit
+
+
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]
 
@@ -225,17 +231,17 @@ class MailboxFlow:
                 states = [State(state)]
             except ValueError:
                 raise InvalidInput("state", f"unknown state {state!r}") from None
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise InvalidInput("limit", f"must be a positive integer, not {limit!r}")
-        return self.store.mailboxes(states=states, owner_id=owner_id, limit=limit)
+        return self.store.mailboxes(states=states, owner_id=owner_id, limit=_checked_limit(limit))
 
     def history(self, mailbox_id: uuid.UUID | str) -> builtins.list[AuditEntry]:
         """The mailbox's audit trail, oldest first."""
         return self.store.history(self.get(mailbox_id).id)
 
-    def deliveries(self, status: str | None = None) -> builtins.list[Delivery]:
-        """Stored webhook deliveries (the inbox), optionally of one status."""
-        return self.store.list_deliveries(statuses=[status] if status else None)
+    def deliveries(self, status: str | None = None, *, limit: int | None = None) -> builtins.list[Delivery]:
+        """Stored webhook deliveries (the inbox), optionally of one status, oldest first; at most
+        ``limit`` of them."""
+        return self.store.list_deliveries(statuses=[status] if status else None,
+                                          limit=_checked_limit(limit))
 
     # -- commands --------------------------------------------------------------------------------
 

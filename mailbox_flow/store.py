@@ -902,15 +902,22 @@ class Store:
 
     @_storage_errors
     def list_deliveries(
-        self, *, statuses: Sequence[str] | None = None, received_before: datetime | None = None
+        self,
+        *,
+        statuses: Sequence[str] | None = None,
+        received_before: datetime | None = None,
+        limit: int | None = None,
     ) -> list[Delivery]:
         query = sa.select(*_INBOX_COLS)
         if statuses:
             query = query.where(INBOX.c.status.in_(list(statuses)))
         if received_before is not None:
             query = query.where(INBOX.c.received_at < received_before)
+        query = query.order_by(INBOX.c.id)
+        if limit is not None:
+            query = query.limit(limit)
         with self._read() as conn:
-            return [_delivery_of(list(r)) for r in conn.execute(query.order_by(INBOX.c.id))]
+            return [_delivery_of(list(r)) for r in conn.execute(query)]
 
     @_storage_errors
     def touch_delivery(self, delivery_id: int) -> None:

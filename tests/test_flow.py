@@ -328,6 +328,19 @@ def test_list_filters_and_limit(flow: MailboxFlow) -> None:
             flow.list(**bad)
 
 
+def test_deliveries_by_status_and_limit(flow: MailboxFlow) -> None:
+    """deliveries() lists the inbox oldest first, by status, at most ``limit``."""
+    ids = [flow.accept_webhook(webhook_body(900 + i, f"n{i}@contoso.com"), SECRET).delivery_id
+           for i in range(3)]
+    with pytest.raises(WebhookPayloadError):
+        flow.handle_webhook(b"not json", SECRET)
+    assert [d.id for d in flow.deliveries("received")] == ids
+    assert [d.id for d in flow.deliveries("received", limit=2)] == ids[:2]
+    assert [d.status for d in flow.deliveries(limit=10)] == ["received"] * 3 + ["invalid"]
+    with pytest.raises(InvalidInput, match="limit"):
+        flow.deliveries(limit=0)
+
+
 # -- failures of Mailivery -----------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import mailbox_flow
 from mailbox_flow import (
     AuditEntry,
     ConcurrentUpdate,
+    Delivery,
     DuplicateMailbox,
     Finding,
     InvalidInput,
@@ -111,6 +112,7 @@ def commands(flow: MailboxFlow, mailbox_id: uuid.UUID) -> list[AuditEntry]:
     assert_type(flow.find_by_email("ada@contoso.com"), Mailbox | None)
     assert_type(flow.list(state=State.WARMING, owner_id="user-42"), list[Mailbox])
     assert_type(flow.list("pending", limit=100), list[Mailbox])
+    assert_type(flow.deliveries("received", limit=10), list[Delivery])
     history = flow.history(mailbox_id)
     assert_type(history[0].to_state, State)
     return history
