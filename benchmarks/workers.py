@@ -30,12 +30,13 @@ from mailbox_flow import MailboxFlow
 from mailbox_flow.audit import configure_logging
 
 
-def worker(url: str, ids: list[uuid.UUID], start: object, done: mp.Queue,  # type: ignore[type-arg]
-           raw: bool) -> None:
+def worker(url: str, ids: list[uuid.UUID], ready: mp.Queue, start: object,  # type: ignore[type-arg]
+           done: mp.Queue, raw: bool) -> None:  # type: ignore[type-arg]
     configure_logging("console", "WARNING")
     flow = MailboxFlow(url, webhook_secret="x")
     flow.get(ids[0])  # warm the pool
     step, close = raw_psycopg_step(url) if raw else (flow.expire, flow.close)
+    ready.put(os.getpid())
     start.wait()  # type: ignore[attr-defined]
     began = time.perf_counter()
     for mailbox_id in ids:
@@ -48,11 +49,13 @@ def worker(url: str, ids: list[uuid.UUID], start: object, done: mp.Queue,  # typ
 def run(url: str, shares: list[list[uuid.UUID]], raw: bool = False) -> float:
     ctx = mp.get_context("spawn")
     start = ctx.Event()
+    ready: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     done: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    procs = [ctx.Process(target=worker, args=(url, ids, start, done, raw)) for ids in shares]
+    procs = [ctx.Process(target=worker, args=(url, ids, ready, start, done, raw)) for ids in shares]
     for p in procs:
         p.start()
-    time.sleep(1.5)  # let every worker import and connect
+    for _ in procs:  # every worker has imported, connected and read once
+        ready.get(timeout=120)
     start.set()
     spans = [done.get(timeout=300) for _ in procs]
     for p in procs:
