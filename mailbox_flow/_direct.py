@@ -14,6 +14,7 @@ SQLAlchemy's exception classes, as SQLAlchemy would wrap them, so callers handle
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -119,9 +120,12 @@ class Direct:
 
     @property
     def usable(self) -> bool:
-        """False when SQL is echoed or someone listens to cursor executions: then SQLAlchemy runs all."""
-        dispatch = self.engine.dispatch
-        return not (self.engine.echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+        """False when SQL is logged (``echo``, or the ``sqlalchemy.engine`` logger at INFO) or someone
+        listens to cursor executions: then SQLAlchemy runs every statement, so they all see it."""
+        engine = self.engine
+        dispatch = engine.dispatch
+        return not (engine.echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute
+                    or engine.logger.isEnabledFor(logging.INFO))
 
     def prepared(
         self,

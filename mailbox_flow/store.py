@@ -78,12 +78,15 @@ def make_engine(
 
 
 def _create_engine(url: sa.URL, *, echo: bool, pool_size: int, max_overflow: int) -> Engine:
+    # hide_parameters: SQL logging (echo, or the sqlalchemy.engine logger at INFO) and the messages of
+    # database errors leave the values out: they include OAuth URLs, correlation tokens, webhook bodies.
     backend = url.get_backend_name()
     if backend == "sqlite":
         memory = url.database in (None, "", ":memory:")
         engine = sa.create_engine(
             url,
             echo=echo,
+            hide_parameters=True,
             connect_args={"check_same_thread": False, "timeout": 30},
             poolclass=StaticPool if memory else None,
         )
@@ -94,9 +97,9 @@ def _create_engine(url: sa.URL, *, echo: bool, pool_size: int, max_overflow: int
             url = url.set(drivername="postgresql+psycopg")
         # No pre-ping (a round trip per checkout); a dropped connection is invalidated on its first
         # error (StorageError to the caller, 503 at the web edge) and replaced on the next checkout.
-        return sa.create_engine(url, echo=echo, pool_recycle=1800, pool_size=pool_size,
-                                max_overflow=max_overflow)
-    return sa.create_engine(url, echo=echo)
+        return sa.create_engine(url, echo=echo, hide_parameters=True, pool_recycle=1800,
+                                pool_size=pool_size, max_overflow=max_overflow)
+    return sa.create_engine(url, echo=echo, hide_parameters=True)
 
 
 def _tune_sqlite(engine: Engine, *, wal: bool) -> None:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from mailbox_flow import InvalidTransition, MailboxFlow, State, StorageError
+from mailbox_flow import InvalidTransition, MailboxFlow, MailiveryClient, State, StorageError
 from mailbox_flow.models import utcnow
 from mailbox_flow.store import MAILBOX, Finish, Store
 from mailbox_flow.types import Mailbox, Source
@@ -373,3 +373,27 @@ def test_listing_and_history_on_both_paths(flow: MailboxFlow) -> None:
     assert [len(found) for found in direct] == [4, 3, 4, 3, 1, 2, 0, 0]
     assert direct[4] == [first] and direct[1] == [first, second, other]
     assert [entry.trigger for entry in trails[3]] == ["expire"]
+
+
+def test_sql_logging_sees_every_statement_without_values(
+    database_url: str, client: MailiveryClient, sim: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With SQLAlchemy's SQL logging on, every statement (the hot ones too) goes through SQLAlchemy
+    and is logged, and no value is: OAuth URLs, correlation tokens and bodies stay out of the log."""
+    import logging
+
+    from .helpers import consent
+
+    flow = MailboxFlow(database_url, client=client, webhook_secret=SECRET)
+    flow.create_schema()
+    caplog.set_level(logging.INFO, logger="sqlalchemy.engine")
+    mailbox = flow.request_connection(owner_id="u", email="ada@contoso.com", first_name="Ada")
+    body = consent(sim, mailbox)
+    assert flow.handle_webhook(body, SECRET).outcome == "started"
+    text = caplog.text
+    assert "INSERT INTO mailbox " in text and "INSERT INTO webhook_delivery" in text, text
+    assert "UPDATE mailbox" in text and "parameters hidden" in text, text
+    assert mailbox.correlation_token and mailbox.oauth_url
+    for secret in (mailbox.correlation_token, mailbox.oauth_url.split("?")[0], "ada@contoso.com"):
+        assert secret not in text
+    flow.close()
