@@ -3,8 +3,8 @@
 The scenarios of issue 5, sized by their callers: ``tests/test_resilience.py`` runs them small on every
 build, ``stress/*.py`` at full size, printing their `Figures`.
 
-- `run_same_deliveries`: N processes (spawned, each with its own `MailboxFlow` on one PostgreSQL schema)
-  receive the same webhook deliveries at the same moment.
+- `run_same_deliveries`: N processes (from a fork server, each with its own `MailboxFlow` on one
+  PostgreSQL schema) receive the same webhook deliveries at the same moment.
 - `run_faults`: a share of every Mailivery call fails (`ChaosFaults`: 429, 500, a 500 after the work was
   done, timeouts whose work still lands late), deliveries arrive twice and concurrently, then the
   reconciler runs until clean.
@@ -369,6 +369,18 @@ def _same_deliveries_worker(database_url: str, api_url: str, api_key: str, secre
     flow.close()
 
 
+def _worker_context() -> Any:
+    """Where worker processes come from: a fork server that imported this module (and so SQLAlchemy,
+    psycopg, httpx) once, so each worker starts in milliseconds instead of importing them all again;
+    spawn where there is no fork server. Either way a worker starts clean: no thread, connection or
+    lock of the parent."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
 def run_same_deliveries(database_url: str, api_url: str, api_key: str, secret: str, sim: Simulator,
                         *, mailboxes: int, processes: int = 8) -> Figures:
     """``processes`` spawned processes handle the same ``mailboxes`` deliveries at the same moment."""
@@ -379,7 +391,7 @@ def run_same_deliveries(database_url: str, api_url: str, api_key: str, secret: s
     try:
         connected = connect_all(flow, mailboxes, prefix="same")
         bodies = consent_all(sim, connected)
-        ctx = multiprocessing.get_context("spawn")
+        ctx = _worker_context()
         barrier = ctx.Barrier(processes)
         results = ctx.Queue()
         workers = [
@@ -537,7 +549,7 @@ def run_crashes(database_url: str, api_url: str, api_key: str, secret: str, sim:
         connected = connect_all(flow, mailboxes, prefix="crash")
         bodies = consent_all(sim, connected)
         ids = [str(m.id) for m in connected]
-        ctx = multiprocessing.get_context("spawn")
+        ctx = _worker_context()
         sim.faults.latency(latency)  # every call is slow: kills land in the middle of calls
         killed = 0
         runs = 0
