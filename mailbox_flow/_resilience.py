@@ -383,7 +383,7 @@ def _worker_context() -> Any:
 
 def run_same_deliveries(database_url: str, api_url: str, api_key: str, secret: str, sim: Simulator,
                         *, mailboxes: int, processes: int = 8) -> Figures:
-    """``processes`` spawned processes handle the same ``mailboxes`` deliveries at the same moment."""
+    """``processes`` worker processes handle the same ``mailboxes`` deliveries at the same moment."""
     started = time.perf_counter()
     fig = Figures(f"{processes} processes receive the same deliveries at once", mailboxes=mailboxes)
     flow = MailboxFlow(database_url, client=_client(api_key, api_url), webhook_secret=secret)

@@ -117,13 +117,12 @@ def postgres_schema(
     """
     import sqlalchemy as sa
 
-    options = {"search_path": ""}
     for name, value in (settings or {}).items():
-        if not re.fullmatch(r"[a-z_.]+", name) or not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):
+        if (name == "search_path" or not re.fullmatch(r"[a-z_.]+", name)
+                or not re.fullmatch(r"[A-Za-z0-9_.:-]+", value)):
             raise ValueError(f"not a PostgreSQL setting this helper passes on: {name}={value}")
-        options[name] = value
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    options["search_path"] = schema
+    options = {"search_path": schema, **(settings or {})}
     admin = sa.create_engine(base_url)
     try:
         with admin.begin() as conn:

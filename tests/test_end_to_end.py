@@ -194,7 +194,8 @@ def test_postgres_schema_passes_settings_to_every_connection(postgres_url: str) 
             assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "5s"
             assert conn.execute(sa.text("SELECT current_schema()")).scalar().startswith("mf_opts_")
         engine.dispose()
-    for bad in ({"synchronous_commit": "off -csearch_path=public"}, {"Bad Name": "1"}):
+    for bad in ({"synchronous_commit": "off -csearch_path=public"}, {"Bad Name": "1"},
+                {"search_path": "public"}):
         with pytest.raises(ValueError, match="not a PostgreSQL setting"), \
                 plugin.postgres_schema(PG_URL, settings=bad):
             pass
