@@ -109,7 +109,7 @@ def pg_schema() -> AbstractContextManager[str]:
 def compare(label: str, url: str, raw: Callable[[], tuple[Callable[[uuid.UUID], object],
                                                           Callable[[], None]]],
             rows: int, rounds: int) -> float:
-    flow = MailboxFlow(url, webhook_secret="x")
+    flow = MailboxFlow(url, webhook_secret="x" * 32)
     flow.create_schema()
     lib_rates: list[float] = []
     raw_rates: list[float] = []

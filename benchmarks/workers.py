@@ -33,7 +33,7 @@ from mailbox_flow.audit import configure_logging
 def worker(url: str, ids: list[uuid.UUID], ready: mp.Queue, start: object,  # type: ignore[type-arg]
            done: mp.Queue, raw: bool) -> None:  # type: ignore[type-arg]
     configure_logging("console", "WARNING")
-    flow = MailboxFlow(url, webhook_secret="x")
+    flow = MailboxFlow(url, webhook_secret="x" * 32)
     flow.get(ids[0])  # warm the pool
     step, close = raw_psycopg_step(url) if raw else (flow.expire, flow.close)
     ready.put(os.getpid())
@@ -75,7 +75,7 @@ def main() -> int:
     raw_one: list[float] = []
     raw_two: list[float] = []
     with pg_schema() as url:
-        flow = MailboxFlow(url, webhook_secret="x")
+        flow = MailboxFlow(url, webhook_secret="x" * 32)
         flow.create_schema()
         for _ in range(args.rounds):  # interleaved: library, raw, library, raw...
             one.append(run(url, [seed(flow, args.rows)]))

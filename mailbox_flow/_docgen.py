@@ -5,7 +5,8 @@ Whole files (written from scratch):
 - ``docs/reference/configuration.md``: every `Settings` field, its ``MAILBOX_FLOW_*`` variable, type,
   default and description;
 - ``docs/reference/cli.md``: every command of the Typer app, walked through
-  ``typer.main.get_command(app)``, with its usage, options and help;
+  ``typer.main.get_command(app)``, with its usage, options and help, and the exit statuses
+  (`EXIT_STATUSES`, the one hand-written part);
 - ``docs/reference/api.md``: mkdocstrings directives for ``mailbox_flow.__all__`` and the public modules;
 - ``docs/assets/states.svg``: `mailbox_flow.diagram.svg` (Graphviz). It counts as fresh when the DOT
   source digest it embeds is the current one, so another Graphviz version does not make it stale.
@@ -184,10 +185,24 @@ def configuration_page() -> str:
         "then from a `.env` file in the working directory, then falls back to the default. `MailboxFlow()`",
         "with no arguments builds everything from them; arguments given to `MailboxFlow(...)` (such as",
         "`database_url`, `client` or `webhook_secret`) take precedence, and",
-        "`MailboxFlow(settings=Settings(...))` passes settings explicitly. Secrets are `SecretStr`: they",
-        "never show in a `repr` or a log line.",
+        "`MailboxFlow(settings=Settings(...))` passes settings explicitly. Secrets are `SecretStr`, and the",
+        "`repr` of `Settings` masks the password of `database_url` (`postgresql://app:***@db/app`): none",
+        "shows in a `repr` or a log line (the attributes keep the values).",
         "",
-        "Durations are ISO 8601 (`PT30M`, `PT1H`, `P7D`) or `HH:MM:SS` in the environment.",
+        "`LOG_FORMAT` and `LOG_LEVEL` apply where logging is configured by",
+        "`mailbox_flow.audit.configure_logging`: the `mailbox-flow` CLI and the examples. An application",
+        "that embeds the library sets the library's level in its own logging configuration, e.g.",
+        "`logging.getLogger(\"mailbox_flow\").setLevel(\"WARNING\")` (see",
+        "[Logging](../operations/logging.md)). An unknown level (`LOUD`) is refused with the list of levels.",
+        "",
+        "Durations (`STUCK_AFTER`, `EXPIRE_AFTER`) take the syntax of the CLI's options (`90m`, `1h`,",
+        "`7d`, `1h30m`), ISO 8601 (`PT1H`, `P7D`), `HH:MM:SS` or a plain number of seconds; the settings",
+        "counted in seconds (`LEASE_SECONDS`, `TIMEOUT`) take a number or such a duration (`90s`, `2m`).",
+        "",
+        "`MAILIVERY_BASE_URL` must be `https://` (`http://` only on a loopback host, for a local",
+        "simulator): over plain HTTP the API key would cross the network in clear, so it is refused. A",
+        "`WEBHOOK_SECRET` shorter than 32 bytes works but warns (`InsecureConfigurationWarning` and a",
+        "`mailbox_flow.insecure_configuration` log event): it is all that authenticates a delivery.",
         "",
         "| setting | environment variable | type | default | description |",
         "| --- | --- | --- | --- | --- |",
@@ -269,6 +284,28 @@ def _param_row(param: Any, ctx: Any) -> str:
     return f"| {names} | {kind} | {default} | {text.strip()} |"
 
 
+#: The exit statuses of the commands, for the CLI reference. Hand-written: the code decides them, and
+#: tests/test_newcomer.py checks that every status the commands can end with (the ``typer.Exit`` and
+#: ``SystemExit`` codes in cli.py and web.py, the reconcile report's, the demo's, uvicorn's startup
+#: failure, Typer's usage error and interrupt) is in this table, and nothing else.
+EXIT_STATUSES: tuple[tuple[int, str], ...] = (
+    (0, "Done. `reconcile`: nothing left open; `webhook replay`: every delivery handled; `demo`: "
+        "every mailbox ended as expected; `webhook serve` and `simulate`: stopped cleanly (Ctrl-C or "
+        "SIGTERM)."),
+    (1, "Done, with something left for later. `reconcile`: findings remain (a dry run that found "
+        "something, or a fix that could not heal everything); `webhook replay`: some deliveries still "
+        "wait (Mailivery unreachable, or the warmup call refused); `demo`: something did not end as "
+        "expected. Any command: its output was cut short by a closed pipe."),
+    (2, "Error, never a traceback: one `error: ...` line on stderr (bad input or configuration, the "
+        "database or Mailivery unavailable), or a usage error (an unknown option, a bad value) printed "
+        "with the usage. `reconcile` also when part of the run could not be done, e.g. Mailivery could "
+        "not be asked (its `--json` report carries the errors)."),
+    (3, "`webhook serve` and `simulate`: the server could not start, most often because the port is "
+        "already in use (the reason is logged on stderr)."),
+    (130, "Interrupted (Ctrl-C) before it finished (the servers stop cleanly instead, with 0)."),
+)
+
+
 def cli_page() -> str:
     """The CLI reference, from the Typer app as it is when this runs."""
     import typer.main
@@ -297,6 +334,10 @@ def cli_page() -> str:
             anchor = "-".join(path)
             lines.append(f"| [`{' '.join(path)}`](#{anchor}) | {_cell(summary)} |")
         lines.append("")
+    lines += ["## Exit status {#exit-status}", "", "Every command ends with one of these statuses:", "",
+              "| status | meaning |", "| --- | --- |"]
+    lines += [f"| `{code}` | {_cell(meaning)} |" for code, meaning in EXIT_STATUSES]
+    lines.append("")
     for path, cmd, cmd_ctx in commands:
         title = " ".join(path)
         lines += [f"## `{title}` {{#{'-'.join(path)}}}", ""]

@@ -1,17 +1,29 @@
-"""Structured logging: the library's event names, and log configuration for the edges.
+"""Structured logging: the library's loggers, its event names, and log configuration for the edges.
 
-The library itself only gets a logger (``structlog.get_logger("mailbox_flow")``) and emits dotted event
-names: ``mailbox_flow.transition`` (one per transition, mirroring the audit row),
-``mailbox_flow.effect_failed``, ``mailbox_flow.webhook`` and ``mailbox_flow.api_call``. It never passes
-the API key, the webhook secret, OAuth URLs or correlation tokens to a logger. `configure_logging` is for
-applications and the CLI; it adds `redact_secrets`, a last line of defence that masks OAuth-looking query
-tokens and bearer values in any event.
+The library gets its loggers from `get_logger` (``get_logger("mailbox_flow.flow")``, one per module) and
+emits dotted event names: ``mailbox_flow.transition`` (one per transition, mirroring the audit row),
+``mailbox_flow.effect_failed``, ``mailbox_flow.webhook``, ``mailbox_flow.reconcile`` and
+``mailbox_flow.api_call``. Where an event goes is the host's decision:
+
+- the host configured structlog (``structlog.is_configured()``): the event goes through the host's
+  structlog processors and logger factory (with ``structlog.stdlib.LoggerFactory`` it lands in the
+  ``mailbox_flow.<module>`` standard library logger);
+- otherwise it is a standard library record of the ``mailbox_flow.<module>`` logger, so the host's
+  ``logging`` configuration decides levels and handlers. With no configuration at all nothing is
+  printed below WARNING (Python's last-resort handler prints WARNING and above to stderr). The record's
+  message is ``event key=value ...``; ``record.event`` is the event name and each field is a record
+  attribute (``record.mailbox_id``, ...). Addresses are masked (``a***@contoso.com``), URL query strings
+  and bearer values redacted.
+
+The library never passes the API key, the webhook secret, OAuth URLs or correlation tokens to a logger.
+`configure_logging` is for applications, the CLI and the examples; it adds `redact_secrets`, a last line
+of defence that masks OAuth-looking query tokens and bearer values in any event, and it leaves a
+structlog configuration made by someone else alone unless told ``force=True``.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import traceback
 from collections.abc import MutableMapping
@@ -19,17 +31,82 @@ from typing import Any
 
 import structlog
 
-__all__ = ["configure_logging", "error_fields", "logger", "redact_secrets"]
+from ._redact import mask_email, mask_emails, scrub
+from .errors import ConfigurationError
+from .settings import LOG_LEVELS
 
-logger = structlog.get_logger("mailbox_flow")
+__all__ = ["LibraryLogger", "configure_logging", "error_fields", "get_logger", "logger", "redact_secrets"]
 
-_URL_QUERY = re.compile(r"(https?://[^\s?#\"']+)\?[^\s\"']*")
-_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+#: LogRecord attributes a field may not overwrite (such a field is kept as ``field_<name>``).
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "event"}
+_NUMBERS = (int, float)  # (bool included)
 
 
-def _scrub(value: str) -> str:
-    value = _URL_QUERY.sub(r"\1?<redacted>", value)
-    return _BEARER.sub(r"\1<redacted>", value)
+class LibraryLogger:
+    """A library logger: ``info(event, **fields)`` (and debug, warning, error, critical).
+
+    Through structlog when the host configured structlog, else a standard library record (see the
+    module docstring). Unconfigured and below the stdlib logger's level, a call costs one flag check
+    and one ``isEnabledFor``.
+    """
+
+    __slots__ = ("_stdlib", "_structlog", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._stdlib = logging.getLogger(name)
+        self._structlog = structlog.get_logger(name)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(logging.DEBUG, "debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(logging.INFO, "info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(logging.WARNING, "warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(logging.ERROR, "error", event, fields)
+
+    def critical(self, event: str, **fields: Any) -> None:
+        self._emit(logging.CRITICAL, "critical", event, fields)
+
+    def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if structlog.is_configured():
+            getattr(self._structlog, method)(event, **fields)
+        elif self._stdlib.isEnabledFor(level):
+            self._record(level, event, fields)
+
+    def _record(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        extra: dict[str, Any] = {"event": event}
+        parts = [event]
+        for key, value in fields.items():
+            if value is None:
+                pass
+            elif not isinstance(value, _NUMBERS):
+                text = value if isinstance(value, str) else str(value)
+                value = mask_email(text) if key == "email" else mask_emails(scrub(text))
+                parts.append(f"{key}={_quoted(value)}")
+            else:
+                parts.append(f"{key}={value}")
+            extra[f"field_{key}" if key in _RESERVED else key] = value
+        # stacklevel 4: the record names the library function that logged (not this module)
+        self._stdlib.log(level, " ".join(parts), extra=extra, stacklevel=4)
+
+
+def _quoted(text: str) -> str:
+    if text and " " not in text and '"' not in text and "=" not in text:
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def get_logger(name: str) -> LibraryLogger:
+    """The logger the library's module ``name`` (``mailbox_flow.<module>``) emits its events to."""
+    return LibraryLogger(name)
+
+
+logger = get_logger("mailbox_flow")
 
 
 def redact_secrets(
@@ -38,7 +115,7 @@ def redact_secrets(
     """A structlog processor masking URL query strings and bearer tokens in string values."""
     for key, value in list(event_dict.items()):
         if isinstance(value, str) and ("?" in value or "earer" in value):
-            event_dict[key] = _scrub(value)
+            event_dict[key] = scrub(value)
     return event_dict
 
 
@@ -75,11 +152,19 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure_logging(fmt: str = "console", level: str | int = "INFO") -> None:
-    """Configure structlog (and the stdlib root logger) for an application or the CLI."""
-    numeric = logging.getLevelName(level.upper()) if isinstance(level, str) else level
-    if not isinstance(numeric, int):
-        numeric = logging.INFO
+def configure_logging(fmt: str = "console", level: str | int = "INFO", *, force: bool = False) -> bool:
+    """Configure structlog (and the stdlib root logger) for an application, the CLI or an example.
+
+    ``fmt`` is ``"console"`` or ``"json"``; ``level`` a level name (``DEBUG``, ``INFO``, ``WARNING``,
+    ``ERROR``, ``CRITICAL``, any case) or number; anything else raises `ConfigurationError`. Events are
+    written to stderr. When structlog was already configured by someone else (a host application),
+    nothing is changed and False is returned, unless ``force=True``; True when it configured.
+    """
+    if fmt not in ("console", "json"):
+        raise ConfigurationError(f"log format must be 'console' or 'json', not {fmt!r}")
+    numeric = _level_number(level)
+    if structlog.is_configured() and not force:
+        return False
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -98,3 +183,13 @@ def configure_logging(fmt: str = "console", level: str | int = "INFO") -> None:
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+    return True
+
+
+def _level_number(level: str | int) -> int:
+    if isinstance(level, int) and not isinstance(level, bool) and level >= 0:
+        return level
+    name = level.strip().upper() if isinstance(level, str) else ""
+    if name not in LOG_LEVELS:
+        raise ConfigurationError(f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return int(logging.getLevelName(name))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
@@ -22,25 +22,49 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from .audit import configure_logging
-from .errors import MailboxFlowError, MailboxNotFound, StorageError
-from .flow import MailboxFlow
-from .models import utcnow
+from . import __version__
+from ._bounds import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
+from ._durations import parse_duration as _parse_duration
+from ._redact import hide_password
+from .errors import InsecureConfigurationWarning, MailboxFlowError, MailboxNotFound, StorageError
 from .settings import Settings
+from .states import State
 from .types import Mailbox, Outcome, Source
-from .web import DEFAULT_MAX_BODY_BYTES
 
+# The flow, the receiver and SQLAlchemy are imported by the commands that use them, so that --help and
+# the commands that need none of them start quickly.
 if TYPE_CHECKING:
+    from .flow import MailboxFlow
     from .reconcile import ReconcileReport
 
 __all__ = ["app", "main", "parse_duration"]
 
+class _Command(typer.core.TyperCommand):
+    """A command whose ``--help`` shows no ``<bool>`` label (flags take no value)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(typer.core.TyperGroup):
+    """A command group whose ``--help`` shows no ``<bool>`` label."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
 app = typer.Typer(
+    cls=_Group,
     name="mailbox-flow",
     help="Connect Microsoft/Outlook mailboxes to Mailivery warmup, correctly by construction.\n\n"
     "Settings come from MAILBOX_FLOW_* environment variables (or a .env file) and --database-url.",
@@ -49,8 +73,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold secrets
     rich_markup_mode="markdown",
 )
-db_app = typer.Typer(help="Manage the database schema.", no_args_is_help=True)
-webhook_app = typer.Typer(help="Receive Mailivery's webhooks, or process stored ones again.",
+db_app = typer.Typer(cls=_Group, help="Manage the database schema.", no_args_is_help=True)
+webhook_app = typer.Typer(cls=_Group, help="Receive Mailivery's webhooks, or process stored ones again.",
                           no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(webhook_app, name="webhook")
@@ -58,23 +82,28 @@ app.add_typer(webhook_app, name="webhook")
 console = Console()
 err_console = Console(stderr=True)
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
 def parse_duration(text: str) -> timedelta:
-    """``90m``, ``1h``, ``7d``, ``30s``, ``2w``, ``1h30m`` → timedelta (`typer.BadParameter` otherwise)."""
-    compact = re.sub(r"\s+", "", text or "").lower()
-    if not compact or _DURATION_PART.sub("", compact):
-        raise typer.BadParameter(f"{text!r} is not a duration such as 90m, 1h or 7d")
+    """``90m``, ``1h``, ``7d``, ``30s``, ``2w``, ``1h30m`` or ISO 8601 (``PT1H``) → timedelta
+    (`typer.BadParameter` otherwise): the syntax the duration settings take too."""
     try:
-        return sum(
-            (timedelta(**{_UNITS[unit]: float(number)})
-             for number, unit in _DURATION_PART.findall(compact)),
-            timedelta(0),
-        )
-    except OverflowError:
-        raise typer.BadParameter(f"{text!r} is too long a duration") from None
+        return _parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mailbox-flow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version_flag: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        metavar="", help="Print the version (mailbox-flow X.Y.Z) and exit.")] = False,
+) -> None:
+    """Connect Microsoft/Outlook mailboxes to Mailivery warmup, correctly by construction."""
 
 
 # -- plumbing ----------------------------------------------------------------------------------------
@@ -107,16 +136,24 @@ def _guard(on_error: Callable[[str], None] | None = None) -> Iterator[None]:
         message = str(exc) or type(exc).__name__
     except ValidationError as exc:
         message = _settings_error(exc)
-    except SQLAlchemyError as exc:
-        message = f"database error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     except OSError as exc:
         message = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:
+        # SQLAlchemy is imported only by the commands that open a database: when it is not loaded,
+        # the error cannot be one of its own
+        sa_exc = sys.modules.get("sqlalchemy.exc")
+        if sa_exc is None or not isinstance(exc, sa_exc.SQLAlchemyError):
+            raise
+        message = f"database error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
     if on_error is not None:
         on_error(message)
     _fail(message)
 
 
 def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -124,17 +161,53 @@ def _safe_url(url: str) -> str:
 
 
 @contextmanager
-def _open_flow(database_url: str | None) -> Iterator[MailboxFlow]:
-    """A flow from the settings (and ``--database-url``), logging to stderr, closed afterwards."""
+def _open_flow(database_url: str | None, *, warn: bool = False) -> Iterator[MailboxFlow]:
+    """A flow from the settings (and ``--database-url``), logging to stderr, closed afterwards.
+
+    ``warn``: print each `InsecureConfigurationWarning` as a ``warning:`` line on stderr (else only
+    the library's log event tells of it).
+    """
+    from .audit import configure_logging
+    from .flow import MailboxFlow
+
     settings = Settings()
     configure_logging(settings.log_format, settings.log_level)
-    flow = MailboxFlow(database_url, settings=settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InsecureConfigurationWarning)
+        flow = MailboxFlow(database_url, settings=settings)
+    for warning in caught:
+        if not issubclass(warning.category, InsecureConfigurationWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif warn:
+            err_console.print(f"[yellow]warning:[/yellow] {escape(str(warning.message))}",
+                              highlight=False, soft_wrap=True)
     try:
         yield flow
     except StorageError as exc:
-        raise StorageError(f"{exc} (database {_safe_url(flow.database_url)})") from exc
+        raise StorageError(f"{exc}{_cause(exc)} (database {_safe_url(flow.database_url)})") from exc
     finally:
         flow.close()
+
+
+def _cause(exc: StorageError) -> str:
+    """``: <the driver's first line>`` behind a generic `StorageError` (passwords masked), else ``""``."""
+    if not str(exc).startswith("database error in "):
+        return ""  # a message of its own (e.g. "no tables yet: run db upgrade")
+    cause = exc.__cause__
+    cause = getattr(cause, "orig", None) or cause
+    lines = str(cause or "").strip().splitlines()
+    return f": {hide_password(lines[0])[:300]}" if lines else ""
+
+
+def _state(value: str | None) -> State | None:
+    """``--state`` in any case, or `typer.BadParameter` naming the states."""
+    if value is None:
+        return None
+    try:
+        return State(value.strip().lower())
+    except ValueError:
+        raise typer.BadParameter(f"--state: unknown state {value!r}; choose one of "
+                                 f"{', '.join(s.value for s in State)}") from None
 
 
 def _duration(option: str, value: str | None) -> timedelta | None:
@@ -175,7 +248,7 @@ def _write_json(target: str, document: dict[str, Any]) -> None:
 
 DatabaseOption = Annotated[
     str | None,
-    typer.Option("--database-url", envvar="MAILBOX_FLOW_DATABASE_URL", show_envvar=True,
+    typer.Option("--database-url", envvar="MAILBOX_FLOW_DATABASE_URL", show_envvar=True, metavar="URL",
                  help="SQLAlchemy URL of the database (default: sqlite:///mailbox_flow.db)."),
 ]
 
@@ -183,28 +256,28 @@ DatabaseOption = Annotated[
 # -- reconcile ---------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_Command)
 def reconcile(
     stuck_after: Annotated[str | None, typer.Option(
-        help="A mailbox pending for longer than this is stuck (90m, 1h, 7d, 1h30m). "
+        metavar="DURATION", help="A mailbox pending for longer than this is stuck (90m, 1h, 7d, 1h30m). "
         "Default: MAILBOX_FLOW_STUCK_AFTER, else 1h.")] = None,
     expire_after: Annotated[str | None, typer.Option(
-        help="An OAuth not completed after this is abandoned. "
+        metavar="DURATION", help="An OAuth not completed after this is abandoned. "
         "Default: MAILBOX_FLOW_EXPIRE_AFTER, else 7d.")] = None,
     remote: Annotated[bool, typer.Option(
-        help="Also compare with Mailivery's campaign list (lost webhooks, never-started warmups, "
+        metavar="", help="Also compare with Mailivery's campaign list (lost webhooks, never-started warmups, "
         "status drift, missing and orphan campaigns).")] = False,
     fix: Annotated[bool, typer.Option(
-        help="Heal what is safe to heal (re-reading each campaign at Mailivery first); "
+        metavar="", help="Heal what is safe to heal (re-reading each campaign at Mailivery first); "
         "without it nothing is changed but the mailboxes' flags.")] = False,
     delete_orphans: Annotated[bool, typer.Option(
-        help="With --fix --remote: delete campaigns nobody asked for that are still pending "
+        metavar="", help="With --fix --remote: delete campaigns nobody asked for that are still pending "
         "at Mailivery (recorded as rejected mailboxes first).")] = False,
     json_path: Annotated[str | None, typer.Option(
         "--json", metavar="PATH|-",
         help="Also write the report as JSON to PATH ('-': to stdout instead of the table).")] = None,
     max_rows: Annotated[int, typer.Option(
-        min=0, help="Findings shown in the table (the JSON report has them all).")] = 50,
+        min=0, metavar="N", help="Findings shown in the table (the JSON report has them all).")] = 50,
     database_url: DatabaseOption = None,
 ) -> None:
     """Find mailboxes that are not where they should be, and with --fix heal them.
@@ -294,14 +367,17 @@ def _print_report(report: ReconcileReport, *, to_stdout: bool, max_rows: int) ->
 # -- mailboxes ---------------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_Command)
 def connect(
-    owner: Annotated[str, typer.Option(help="Your id for the mailbox's owner (user, account...).")],
-    email: Annotated[str, typer.Option(help="The Microsoft/Outlook address to connect.")],
-    first_name: Annotated[str, typer.Option(help="The mailbox owner's first name.")],
-    last_name: Annotated[str | None, typer.Option(help="The mailbox owner's last name.")] = None,
-    emails_per_day: Annotated[int, typer.Option(help="Warmup emails per day (0-2000).")] = 40,
-    response_rate: Annotated[int, typer.Option(help="Warmup response rate in percent (0-100).")] = 30,
+    owner: Annotated[str, typer.Option(
+        metavar="ID", help="Your id for the mailbox's owner (user, account...).")],
+    email: Annotated[str, typer.Option(metavar="EMAIL", help="The Microsoft/Outlook address to connect.")],
+    first_name: Annotated[str, typer.Option(metavar="NAME", help="The mailbox owner's first name.")],
+    last_name: Annotated[str | None, typer.Option(
+        metavar="NAME", help="The mailbox owner's last name.")] = None,
+    emails_per_day: Annotated[int, typer.Option(metavar="N", help="Warmup emails per day (0-2000).")] = 40,
+    response_rate: Annotated[int, typer.Option(
+        metavar="PERCENT", help="Warmup response rate in percent (0-100).")] = 30,
     database_url: DatabaseOption = None,
 ) -> None:
     """Request a connection: record the mailbox, ask Mailivery for its OAuth URL and print it.
@@ -319,21 +395,28 @@ def connect(
     typer.echo(mailbox.oauth_url or "")
 
 
-@app.command("list")
+@app.command("list", cls=_Command)
 def list_mailboxes(
-    state: Annotated[str | None, typer.Option(help="Only mailboxes in this state.")] = None,
-    owner: Annotated[str | None, typer.Option(help="Only mailboxes of this owner id.")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many (the oldest).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    state: Annotated[str | None, typer.Option(metavar="STATE", help="Only mailboxes in this state.")] = None,
+    owner: Annotated[str | None, typer.Option(metavar="ID", help="Only mailboxes of this owner id.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="At most this many (the oldest).")] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", metavar="", help="Print JSON instead of a table.")] = False,
     database_url: DatabaseOption = None,
 ) -> None:
     """List mailboxes, oldest first."""
-    with _guard(), _open_flow(database_url) as flow:
-        mailboxes = flow.list(state=state, owner_id=owner, limit=limit)
+    with _guard():
+        wanted = _state(state)
+        with _open_flow(database_url) as flow:
+            mailboxes = flow.list(state=wanted, owner_id=owner, limit=limit)
     if as_json:
         _write_json("-", {"mailboxes": [mb.to_dict() for mb in mailboxes]})
         return
-    table = Table("id", "email", "state", "campaign", "owner", "changed")
+    table = Table()
+    table.add_column("id", no_wrap=True, min_width=36)  # whole: it is what `show` takes
+    for column in ("email", "state", "campaign", "owner", "changed"):
+        table.add_column(column, overflow="fold")  # wrapped on a narrow terminal, never cut
     for mb in mailboxes:
         table.add_row(str(mb.id), mb.email, mb.state.value, str(mb.campaign_id or ""),
                       mb.owner_id or "", mb.state_changed_at.strftime("%Y-%m-%d %H:%M"))
@@ -349,11 +432,12 @@ def _lookup(flow: MailboxFlow, key: str) -> Mailbox:
     return flow.get(key)
 
 
-@app.command()
+@app.command(cls=_Command)
 def show(
     mailbox: Annotated[str, typer.Argument(help="A mailbox id (UUID) or an email address.",
                                            metavar="ID|EMAIL")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    as_json: Annotated[bool, typer.Option(
+        "--json", metavar="", help="Print JSON instead of tables.")] = False,
     database_url: DatabaseOption = None,
 ) -> None:
     """Show one mailbox and its audit trail as a timeline (an email shows its live or latest one)."""
@@ -372,29 +456,55 @@ def show(
         })
         return
     fields = Table.grid(padding=(0, 2))
+    fields.add_column(no_wrap=True)
+    fields.add_column(overflow="fold")
     for key, value in found.to_dict().items():
         if value is not None:
             fields.add_row(f"[bold]{key}[/bold]", escape(str(value)))
     console.print(fields)
-    timeline = Table(title="Timeline", title_justify="left")
-    for column in ("when", "transition", "trigger", "source"):
-        timeline.add_column(column, no_wrap=True)
-    timeline.add_column("request id", overflow="fold", min_width=36)  # quoted to Mailivery's support
-    timeline.add_column("detail")
-    timeline.add_row(found.created_at.strftime("%Y-%m-%d %H:%M:%S"), "● requested", "created",
-                     "", "", "")
-    for e in trail:
-        detail = ", ".join(f"{k}={v}" for k, v in e.detail.items())
-        timeline.add_row(e.at.strftime("%Y-%m-%d %H:%M:%S"),
-                         f"{e.from_state.value} → {e.to_state.value}", e.trigger, e.source.value,
-                         e.request_id or "", escape(detail[:80]))
-    console.print(timeline)
+    rows = [(found.created_at.strftime("%Y-%m-%d %H:%M:%S"), "● requested", "created", "", "", "")]
+    rows += [(e.at.strftime("%Y-%m-%d %H:%M:%S"), f"{e.from_state.value} → {e.to_state.value}",
+              e.trigger, e.source.value, e.request_id or "",
+              ", ".join(f"{k}={v}" for k, v in e.detail.items())) for e in trail]
+    _print_timeline(rows)
+
+
+#: Narrower than this, `show` prints its timeline entry by entry instead of as a table.
+_TIMELINE_TABLE_WIDTH = 140
+
+
+def _print_timeline(rows: list[tuple[str, str, str, str, str, str]]) -> None:
+    """The timeline: a table on a wide terminal, else one entry after another; nothing is cut
+    (request ids whole, details wrapped)."""
+    if console.width >= _TIMELINE_TABLE_WIDTH:
+        timeline = Table(title="Timeline", title_justify="left")
+        for column in ("when", "transition", "trigger", "source"):
+            timeline.add_column(column, no_wrap=True)
+        timeline.add_column("request id", no_wrap=True, min_width=36)  # quoted to Mailivery's support
+        timeline.add_column("detail", overflow="fold", ratio=1)
+        for when, transition, trigger, source, request_id, detail in rows:
+            timeline.add_row(when, transition, trigger, source, request_id, escape(detail))
+        console.print(timeline)
+        return
+    console.print("[bold]Timeline[/bold]")
+    for when, transition, trigger, source, request_id, detail in rows:
+        console.print(f"{when}  {transition}  {escape(trigger)}" + (f" ({source})" if source else ""),
+                      highlight=False, overflow="fold")
+        entry = Table.grid(padding=(0, 2))
+        entry.add_column(no_wrap=True)
+        entry.add_column(overflow="fold")
+        if request_id:
+            entry.add_row("request id", request_id)
+        if detail:
+            entry.add_row("detail", escape(detail))
+        if entry.row_count:
+            console.print(Padding(entry, (0, 0, 0, 4)))
 
 
 # -- schema, diagram, states -------------------------------------------------------------------------
 
 
-@db_app.command("upgrade")
+@db_app.command("upgrade", cls=_Command)
 def db_upgrade(database_url: DatabaseOption = None) -> None:
     """Apply the Alembic migrations shipped with mailbox_flow (creates the tables on a new database).
 
@@ -409,12 +519,13 @@ def db_upgrade(database_url: DatabaseOption = None) -> None:
     err_console.print(f"schema at revision {revision} in {escape(target)}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def diagram(
-    fmt: Annotated[str, typer.Option("--format", help="mermaid (a stateDiagram-v2), dot, or svg "
-                                     "(svg needs Graphviz).")] = "mermaid",
-    output: Annotated[Path | None, typer.Option("--output", "-o",
-                                                help="Write to this file instead of stdout.")] = None,
+    fmt: Annotated[str, typer.Option(
+        "--format", metavar="FORMAT",
+        help="mermaid (a stateDiagram-v2), dot, or svg (svg needs Graphviz).")] = "mermaid",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="PATH", help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Print the state diagram, generated from the transition table and the shared machine."""
     from .diagram import FORMATS, render
@@ -434,7 +545,7 @@ def diagram(
         err_console.print(f"diagram written to {escape(str(output))}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 def states() -> None:
     """Print the transition table (trigger, from, to, Mailivery call)."""
     from .states import TRANSITIONS
@@ -449,14 +560,19 @@ def states() -> None:
 # -- webhooks ----------------------------------------------------------------------------------------
 
 
-@webhook_app.command("serve")
+@webhook_app.command("serve", cls=_Command)
 def webhook_serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="Port to listen on.")] = 8000,
     max_body_bytes: Annotated[int, typer.Option(
-        min=1, help="Refuse (413) webhook bodies larger than this.")] = DEFAULT_MAX_BODY_BYTES,
+        min=1, metavar="BYTES",
+        help="Refuse (413) webhook bodies larger than this.")] = DEFAULT_MAX_BODY_BYTES,
+    body_timeout: Annotated[float, typer.Option(
+        min=0.001, metavar="SECONDS",
+        help="Seconds a client has to send the whole body; a slower or stalled one is "
+        "answered 408 and nothing is stored.")] = DEFAULT_BODY_TIMEOUT,
     background_workers: Annotated[int | None, typer.Option(
-        min=0, max=256, help="Answer 202 once a delivery is stored and act on it in this many "
+        min=0, max=256, metavar="N", help="Answer 202 once a delivery is stored and act on it in this many "
         "background threads (default: MAILBOX_FLOW_WEBHOOK_BACKGROUND_WORKERS, 0 = act before "
         "answering).")] = None,
     database_url: DatabaseOption = None,
@@ -470,7 +586,7 @@ def webhook_serve(
     """
     from .web import serve
 
-    with _guard(), _open_flow(database_url) as flow:
+    with _guard(), _open_flow(database_url, warn=True) as flow:
         if flow.settings.webhook_secret is None:
             raise typer.BadParameter("set MAILBOX_FLOW_WEBHOOK_SECRET: without it every delivery "
                                      "would be refused")
@@ -479,15 +595,17 @@ def webhook_serve(
                           highlight=False)
         workers = (flow.settings.webhook_background_workers if background_workers is None
                    else background_workers)
-        serve(flow, host, port, max_body_bytes=max_body_bytes, background_workers=workers)
+        serve(flow, host, port, max_body_bytes=max_body_bytes, background_workers=workers,
+              body_timeout=body_timeout)
 
 
-@webhook_app.command("replay")
+@webhook_app.command("replay", cls=_Command)
 def webhook_replay(
     ids: Annotated[list[int] | None, typer.Option(
-        "--id", help="A stored delivery to process again (repeat for several).")] = None,
+        "--id", metavar="ID", help="A stored delivery to process again (repeat for several).")] = None,
     replay_all: Annotated[bool, typer.Option(
-        "--all", help="Every delivery that failed, or was received and never processed.")] = False,
+        "--all", metavar="",
+        help="Every delivery that failed, or was received and never processed.")] = False,
     database_url: DatabaseOption = None,
 ) -> None:
     """Process stored webhook deliveries again (ones that failed or were never processed).
@@ -502,6 +620,8 @@ def webhook_replay(
             raise typer.BadParameter("give --id N (repeatable) or --all")
         targets = list(ids or [])
         if replay_all:
+            from .models import utcnow
+
             settled = utcnow() - flow.lease
             targets += [d.id for d in flow.deliveries("failed")]
             targets += [d.id for d in flow.deliveries("received") if d.received_at < settled]
@@ -529,12 +649,13 @@ def webhook_replay(
 # -- simulator and demo ------------------------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_Command)
 def simulate(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
-    webhook_url: Annotated[str | None, typer.Option(help="Where to post webhooks.")] = None,
-    api_key: Annotated[str, typer.Option(help="The API key the simulator accepts.")] = "sim-key",
+    host: Annotated[str, typer.Option(metavar="HOST", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port to listen on.")] = 8025,
+    webhook_url: Annotated[str | None, typer.Option(metavar="URL", help="Where to post webhooks.")] = None,
+    api_key: Annotated[str, typer.Option(
+        metavar="KEY", help="The API key the simulator accepts.")] = "sim-key",
 ) -> None:
     """Run the Mailivery simulator standalone (API under /api/v1, consent pages, /_sim controls)."""
     from .simulator import run
@@ -543,7 +664,7 @@ def simulate(
     run(host=host, port=port, webhook_url=webhook_url, api_key=api_key)
 
 
-@app.command()
+@app.command(cls=_Command)
 def demo() -> None:
     """Run the end-to-end demo against a built-in simulator (no account, no network needed)."""
     from .demo import run_demo

@@ -20,6 +20,9 @@
             ├── MailiveryServerError         5xx after the retries
             └── MailiveryTransportError      timeouts and connection failures after the retries
 
+    InsecureConfigurationWarning     (a `UserWarning`, not an error) a setting that works but is weak,
+                                     e.g. a webhook secret shorter than 32 bytes
+
 Errors carry their context as attributes (`mailbox_id`, `trigger`, `field`, `code`, `request_id`, ...) so
 that callers can act on them without parsing messages. No error message ever includes the API key, the
 webhook secret or an OAuth URL.
@@ -33,6 +36,7 @@ __all__ = [
     "ConcurrentUpdate",
     "ConfigurationError",
     "DuplicateMailbox",
+    "InsecureConfigurationWarning",
     "InvalidInput",
     "InvalidTransition",
     "MailboxFlowError",
@@ -120,6 +124,11 @@ class ConfigurationError(MailboxFlowError):
 
 class StorageError(MailboxFlowError):
     """The database failed; the original SQLAlchemy error is the `__cause__`."""
+
+
+class InsecureConfigurationWarning(UserWarning):
+    """A setting that works but weakens security (e.g. a short webhook secret): fix it, or silence it
+    with ``warnings.filterwarnings("ignore", category=InsecureConfigurationWarning)``."""
 
 
 class MailiveryError(MailboxFlowError):

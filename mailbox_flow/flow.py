@@ -38,20 +38,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import structlog
-
+from ._bounds import MAX_ID, MAX_LIMIT, is_id
 from ._hashing import email_hash
+from ._security import warn_short_secret
+from ._takeover import RELEASE_TRIGGER, campaign_token, may_take_over, same_token
+from .audit import get_logger
 from .errors import (
     ConcurrentUpdate,
     ConfigurationError,
     DuplicateMailbox,
     InvalidInput,
     InvalidTransition,
+    MailboxFlowError,
     MailboxNotFound,
     MailiveryError,
     MailiveryNotFound,
     MailiveryTransportError,
     MailiveryUnavailable,
+    MailiveryValidationError,
     WebhookAuthError,
     WebhookPayloadError,
 )
@@ -63,6 +67,7 @@ from .mailivery import (
     normalize_email,
     parse_webhook,
     validate_connect,
+    validate_owner_id,
 )
 from .mailivery.client import call_deadline
 from .models import utcnow
@@ -76,7 +81,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ExpectCheck", "MailboxFlow", "Recovery"]
 
-log = structlog.get_logger("mailbox_flow")
+log = get_logger("mailbox_flow.flow")
 
 #: A partner's own check that a matched mailbox was really expected: ``(mailbox, event) -> bool``.
 ExpectCheck = Callable[[Mailbox, WebhookEvent], bool]
@@ -105,9 +110,20 @@ class Recovery(NamedTuple):
 
 
 def _checked_limit(limit: int | None) -> int | None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidInput("limit", f"must be a positive integer, not {limit!r}")
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT
+    ):
+        shown = repr(limit) if len(repr(limit)) <= 40 else f"{repr(limit)[:40]}..."
+        raise InvalidInput("limit", f"must be an integer from 1 to {MAX_LIMIT}, not {shown}")
     return limit
+
+
+def _checked_delivery_id(delivery_id: int) -> int:
+    """A delivery id a row can have (`mailbox_flow._bounds`); else `InvalidInput` (none is stored)."""
+    if not is_id(delivery_id):
+        shown = repr(delivery_id) if len(repr(delivery_id)) <= 40 else f"{repr(delivery_id)[:40]}..."
+        raise InvalidInput("delivery_id", f"no stored delivery {shown} (ids are 1 to {MAX_ID})")
+    return delivery_id
 
 
 def _error_text(exc: BaseException) -> str:
@@ -154,6 +170,7 @@ class MailboxFlow:
         self._client = client
         if webhook_secret is None and self.settings.webhook_secret is not None:
             webhook_secret = self.settings.webhook_secret.get_secret_value()
+        warn_short_secret(webhook_secret, stacklevel=2)
         self._webhook_secret = webhook_secret
         self.expect = expect
         policy = orphan_policy or self.settings.orphan_policy
@@ -231,6 +248,8 @@ class MailboxFlow:
                 states = [State(state)]
             except ValueError:
                 raise InvalidInput("state", f"unknown state {state!r}") from None
+        if owner_id is not None:
+            validate_owner_id(owner_id)
         return self.store.mailboxes(states=states, owner_id=owner_id, limit=_checked_limit(limit))
 
     def history(self, mailbox_id: uuid.UUID | str) -> builtins.list[AuditEntry]:
@@ -262,10 +281,12 @@ class MailboxFlow:
 
         Raises `InvalidInput` (nothing sent or stored), `DuplicateMailbox` when the address already has
         a live mailbox, or a `MailiveryError` when the connect call fails: the mailbox then stays in
-        ``requested`` with the error recorded, and calling again with the same owner retries it.
+        ``requested`` with the error recorded, and calling again with the same owner retries it. When
+        Mailivery refuses the input itself (`MailiveryValidationError`: 400/409/422) a retry cannot
+        help: the mailbox is expired at once (audit row ``expire``, ``reason: connect_refused``), so
+        the address is free again, and the error is raised.
         """
-        if not isinstance(owner_id, str) or not owner_id.strip() or len(owner_id) > 255:
-            raise InvalidInput("owner_id", "must be a non-empty string of at most 255 characters")
+        validate_owner_id(owner_id)
         fields = validate_connect(
             first_name=first_name,
             last_name=last_name,
@@ -310,13 +331,29 @@ class MailboxFlow:
                 request_id=request_id,
             )
 
-        return self._apply(
-            mailbox,
-            "send_oauth",
-            source=source,
-            call=connect,
-            values_from_result=lambda result: {"oauth_url": result.url},
-        )
+        try:
+            return self._apply(
+                mailbox,
+                "send_oauth",
+                source=source,
+                call=connect,
+                values_from_result=lambda result: {"oauth_url": result.url},
+            )
+        except MailiveryValidationError as exc:
+            self._expire_refused(mailbox.id, exc, source)
+            raise
+
+    def _expire_refused(self, mailbox_id: uuid.UUID, exc: MailiveryValidationError,
+                        source: Source) -> None:
+        """Expire a mailbox whose connect call Mailivery refused, so its address is not blocked."""
+        detail = {"reason": "connect_refused", "status": exc.status_code, "code": exc.code,
+                  "refused_request_id": exc.request_id, "error": _error_text(exc)[:500]}
+        try:
+            self._apply(self.get(mailbox_id), "expire", source=source, detail=detail)
+        except MailboxFlowError as failure:  # moved meanwhile, or the database failed: the
+            # reconciler expires what is left; the caller still gets Mailivery's refusal
+            log.warning("mailbox_flow.expire_refused_failed", mailbox_id=str(mailbox_id),
+                        error=type(failure).__name__)
 
     def start_warmup(self, mailbox_id: uuid.UUID | str, *, source: Source = Source.API) -> Mailbox:
         """Start warmup of a ``pending`` mailbox (calls start-warmup) → ``warming``."""
@@ -369,8 +406,8 @@ class MailboxFlow:
 
     def reconcile(
         self,
-        stuck_after: timedelta | None = None,
-        expire_after: timedelta | None = None,
+        stuck_after: timedelta | float | None = None,
+        expire_after: timedelta | float | None = None,
         remote: bool = False,
         fix: bool = False,
         delete_orphans: bool = False,
@@ -379,7 +416,9 @@ class MailboxFlow:
     ) -> ReconcileReport:
         """Find mailboxes that are not where they should be; with ``fix`` heal what is safe to heal.
 
-        ``stuck_after``/``expire_after`` default to the settings (1 hour, 7 days). ``remote`` also
+        ``stuck_after``/``expire_after``: a `timedelta` or a number of seconds (``stuck_after=0``);
+        they default to the settings (1 hour, 7 days); a negative, non-finite or boolean value, or
+        anything else, raises `InvalidInput` naming the argument. ``remote`` also
         compares with Mailivery's campaign list; ``delete_orphans`` (with ``fix`` and ``remote``) deletes
         campaigns nobody asked for that are still pending there. ``progress(phase, rows)`` is called as
         the scan advances. See `mailbox_flow.reconcile` for the reasons, the actions and the guarantees.
@@ -708,13 +747,15 @@ class MailboxFlow:
 
     def handle_webhook(
         self,
-        body: bytes | str,
+        body: bytes | str | Mapping[str, Any],
         secret: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> WebhookResult:
         """Authenticate, store, de-duplicate, match and act on one webhook delivery.
 
-        Raises `WebhookAuthError` (nothing stored) or `WebhookPayloadError` (stored as ``invalid``);
+        ``body``: the raw bytes (or their text; a mapping of already parsed JSON is stored as its JSON).
+        Raises `WebhookAuthError` (nothing stored) or `WebhookPayloadError` (stored as ``invalid``,
+        also for a body that is not bytes, str or a mapping, such as None or a list);
         otherwise returns a `WebhookResult` whose ``outcome`` says what happened.
         """
         taken = self._take_in(body, secret, counted=True)
@@ -725,7 +766,7 @@ class MailboxFlow:
 
     def accept_webhook(
         self,
-        body: bytes | str,
+        body: bytes | str | Mapping[str, Any],
         secret: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> WebhookResult:
@@ -753,9 +794,10 @@ class MailboxFlow:
         the same delivery (a queue that delivers twice, a sweep, the reconciler) one acts on it; one
         already handled, or taken by another worker less than a lease ago, is not acted on again: the
         answer is ``duplicate``.
-        Raises `InvalidInput` for an unknown id.
+        Raises `InvalidInput` for an unknown id (also one no delivery can have: not an int in
+        1..2**63-1).
         """
-        delivery = self.store.get_delivery(delivery_id)
+        delivery = self.store.get_delivery(_checked_delivery_id(delivery_id))
         if delivery is None:
             raise InvalidInput("delivery_id", f"no stored delivery {delivery_id}")
         event = parse_webhook(delivery.body)
@@ -770,15 +812,18 @@ class MailboxFlow:
         return WebhookResult(Outcome.DUPLICATE, self.store.get_by_campaign(event.campaign_id),
                              delivery.id, detail)
 
-    def _take_in(self, body: bytes | str, secret: str | None, *, counted: bool) -> _Taken:
+    def _take_in(self, body: bytes | str | Mapping[str, Any], secret: str | None, *,
+                 counted: bool) -> _Taken:
         """Authenticate, store and de-duplicate: a final answer, or the delivery to act on.
 
         ``counted``: store a new delivery with its first processing attempt already counted (the
         caller processes it right away).
         """
         self.verify_secret(secret)
-        raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
+        raw, unreadable = _raw_body(body)
         try:
+            if unreadable is not None:
+                raise WebhookPayloadError(unreadable)
             event = parse_webhook(raw)
         except WebhookPayloadError as exc:
             stored = self.store.insert_delivery(
@@ -815,8 +860,9 @@ class MailboxFlow:
         return _Taken(answer, None, None, False)
 
     def reprocess_delivery(self, delivery_id: int) -> WebhookResult:
-        """Process a stored delivery again (one that failed or whose worker died)."""
-        delivery = self.store.get_delivery(delivery_id)
+        """Process a stored delivery again (one that failed or whose worker died); `InvalidInput` for
+        an unknown id, as `process_delivery`."""
+        delivery = self.store.get_delivery(_checked_delivery_id(delivery_id))
         if delivery is None:
             raise InvalidInput("delivery_id", f"no stored delivery {delivery_id}")
         event = parse_webhook(delivery.body)
@@ -896,28 +942,46 @@ class MailboxFlow:
     def _on_connected(self, event: WebhookEvent, finishing: _Finishing | None = None
                       ) -> tuple[Outcome, Mailbox | None, str | None]:
         linked, candidate = self.store.match(event.campaign_id, event.email)
+        held = None  # a rejected record holding the campaign, which gives it up if this delivery matches
         if linked is not None:
             if linked.state is State.PENDING:
                 return self._verify_and_warm(linked, Source.WEBHOOK, finishing)
-            return Outcome.IGNORED, linked, f"campaign already handled (mailbox {linked.state.value})"
+            if not may_take_over(linked, candidate):
+                return (Outcome.IGNORED, linked,
+                        f"campaign already handled (mailbox {linked.state.value})")
+            held = linked
         if event.email is None:
             return Outcome.REJECTED, None, "the delivery carries no usable email"
         if candidate is None or candidate.state not in (State.REQUESTED, State.OAUTH_SENT):
             reason = "unexpected" if candidate is None else f"address already {candidate.state.value}"
             return self._record_orphan(event, reason)
+        # From here on a mailbox is waiting for this address: a refusal records the campaign (so that
+        # it is not taken by email alone later) but never deletes it, and the record gives it up to
+        # the waiting mailbox once a delivery carrying its token (or Mailivery's campaign) proves it.
         token = event.meta.get(CORRELATION_META_KEY)
-        if token is not None and not hmac.compare_digest(
-            token.encode("utf-8", "surrogatepass"), (candidate.correlation_token or "").encode()
-        ):
-            return self._record_orphan(event, "correlation token mismatch")
+        if token is not None and not same_token(token, candidate.correlation_token):
+            return self._record_orphan(event, "correlation token mismatch", waiting=candidate)
         if self.expect is not None and not self.expect(candidate, event):
-            return self._record_orphan(event, "refused by the partner check")
+            return self._record_orphan(event, "refused by the partner check", waiting=candidate)
         campaign = self._read_campaign(event.campaign_id)
         if campaign is None:
             return Outcome.REJECTED, None, "campaign not found at Mailivery"
         if campaign.email != candidate.email:
             return Outcome.REJECTED, None, "campaign email at Mailivery does not match the delivery"
+        remote_token = campaign_token(campaign)
+        if remote_token is not None and not same_token(remote_token, candidate.correlation_token):
+            return self._record_orphan(event, "correlation token at Mailivery does not match",
+                                       waiting=candidate, campaign=campaign)
         values: dict[str, Any] = {"campaign_id": event.campaign_id}
+        detail: dict[str, Any] = {"campaign_id": event.campaign_id, "event": event.type[:64]}
+        if held is not None:
+            if token is None and remote_token is None:
+                return (Outcome.IGNORED, held,
+                        f"campaign held by rejected mailbox {held.id}: a delivery without the "
+                        "correlation token cannot prove it belongs to the waiting mailbox")
+            proof = "correlation_token" if token is not None else "campaign_meta"
+            self._release_campaign(held, candidate, Source.WEBHOOK, proof)
+            detail["taken_from_mailbox_id"] = str(held.id)
         trigger, already = _warm_plan(candidate, campaign)
         claim_id = None
         if trigger is not None and not already:
@@ -930,7 +994,7 @@ class MailboxFlow:
             "mark_pending",
             source=Source.WEBHOOK,
             values=values,
-            detail={"campaign_id": event.campaign_id, "event": event.type[:64]},
+            detail=detail,
         )
         return self._warm(mailbox, campaign, Source.WEBHOOK, pre_claimed=claim_id,
                           finishing=finishing)
@@ -988,30 +1052,49 @@ class MailboxFlow:
         return outcome, warmed, None
 
     def _record_orphan(
-        self, event: WebhookEvent, reason: str
+        self, event: WebhookEvent, reason: str, *, waiting: Mailbox | None = None,
+        campaign: Campaign | None = None,
     ) -> tuple[Outcome, Mailbox | None, str | None]:
         """Record a campaign nobody asked for as a ``rejected`` mailbox (and delete it, by policy).
 
-        The campaign is re-read first: a payload naming a campaign Mailivery does not have, or one of
-        another address, is refused without a record, so a forged delivery can never claim a real
-        campaign id (which would make the genuine webhook look already handled).
+        The campaign is re-read first (unless the caller just did: ``campaign``): a payload naming a
+        campaign Mailivery does not have, or one of another address, is refused without a record.
+
+        ``waiting``: the mailbox waiting for this address, whose match the delivery failed (its token
+        or the partner check). The delivery may then be a forged copy of the genuine one, so the
+        campaign is never deleted; nothing is recorded at all when Mailivery's campaign shows the
+        waiting mailbox's token; and the record gives the campaign up to the waiting mailbox once a
+        delivery proves the match (see `mailbox_flow._takeover`), so it can never pre-empt it.
         """
         existing = self.store.get_by_campaign(event.campaign_id)
         if existing is not None:
             return Outcome.IGNORED, existing, "orphan campaign already recorded"
-        campaign = self._read_campaign(event.campaign_id)
+        if campaign is None:
+            campaign = self._read_campaign(event.campaign_id)
         if campaign is None:
             return Outcome.REJECTED, None, f"{reason}; campaign not found at Mailivery"
         if campaign.email != event.email:
             return Outcome.REJECTED, None, f"{reason}; campaign email at Mailivery does not match"
+        if waiting is not None:
+            given = event.meta.get(CORRELATION_META_KEY)
+            ours = waiting.correlation_token
+            if (given is not None and not same_token(given, ours)
+                    and same_token(campaign_token(campaign), ours)):
+                return (Outcome.REJECTED, None,
+                        f"{reason}; the campaign at Mailivery carries the token of the mailbox "
+                        "waiting for this address: a forged delivery, nothing recorded")
         try:
             orphan = self._insert_orphan(
                 event.campaign_id, event.email or f"unknown+{event.campaign_id}@invalid",
                 event.first_name, event.last_name, Source.WEBHOOK, reason,
+                waiting=waiting.id if waiting is not None else None,
             )
         except DuplicateMailbox:
             existing = self.store.get_by_campaign(event.campaign_id)
             return Outcome.IGNORED, existing, "orphan campaign already recorded"
+        if waiting is not None:  # (never delete on the word of a delivery that may be forged)
+            return (Outcome.REJECTED, orphan,
+                    f"{reason}; kept at Mailivery: mailbox {waiting.id} is waiting for this address")
         # (never delete a campaign someone already started)
         if self.orphan_policy == "delete" and campaign.lifecycle == "pending":
             try:
@@ -1029,11 +1112,17 @@ class MailboxFlow:
         last_name: str | None,
         source: Source,
         reason: str,
+        *,
+        waiting: uuid.UUID | None = None,
     ) -> Mailbox:
         """Record a campaign nobody asked for as a ``rejected`` mailbox with its audit row and log event.
 
+        ``waiting``: the id of the mailbox waiting for this address (named in the audit row).
         Raises `DuplicateMailbox` when the campaign is already recorded.
         """
+        detail: dict[str, Any] = {"reason": reason, "campaign_id": campaign_id}
+        if waiting is not None:
+            detail["waiting_mailbox_id"] = str(waiting)
         orphan = self.store.insert_mailbox(
             {
                 "owner_id": None,
@@ -1049,7 +1138,7 @@ class MailboxFlow:
                 "to_state": State.REJECTED.value,
                 "source": source.value,
                 "request_id": None,
-                "detail": {"reason": reason, "campaign_id": campaign_id},
+                "detail": detail,
             },
         )
         log.info(
@@ -1065,6 +1154,23 @@ class MailboxFlow:
             **self._email_fields(orphan.email),
         )
         return orphan
+
+    def _release_campaign(self, record: Mailbox, waiting: Mailbox, source: Source,
+                          proof: str) -> Mailbox:
+        """Have a rejected record (`mailbox_flow._takeover.may_take_over`) give its campaign up to the
+        mailbox waiting for it, whose match ``proof`` says how it was proven: the record stays
+        ``rejected`` without a campaign, audited ``release_campaign`` (rejected → rejected, with the
+        campaign id and the mailbox it goes to). `ConcurrentUpdate` when the record moved meanwhile.
+        """
+        detail = {"campaign_id": record.campaign_id, "to_mailbox_id": str(waiting.id), "proof": proof}
+        released = self.store.transition(
+            record, to_state=State.REJECTED, trigger=RELEASE_TRIGGER, source=source, request_id=None,
+            detail=detail, values={"campaign_id": None},
+        )
+        if released is None:
+            raise ConcurrentUpdate(record.id, RELEASE_TRIGGER)
+        self._log_transition(record, released, RELEASE_TRIGGER, source, None)
+        return released
 
     def _on_deleted(self, event: WebhookEvent) -> tuple[Outcome, Mailbox | None, str | None]:
         mailbox = self.store.get_by_campaign(event.campaign_id)
@@ -1182,13 +1288,39 @@ def _one_step_move(trigger: str, source: Source) -> tuple[frozenset[State], Move
     return frozenset(rules), Move(dests.pop(), trigger, source)
 
 
+def _raw_body(body: Any) -> tuple[bytes, str | None]:
+    """The bytes of a delivery to store, and why it cannot be read at all (None: parse it).
+
+    Bytes are the contract, a ``str`` is encoded as UTF-8 (lone surrogates kept as the bytes they
+    stand for, so that the parser refuses them), a mapping (a framework's parsed JSON) is stored as
+    its JSON text; anything else (None, a list, a number) is unreadable and stored as an empty body.
+    """
+    if isinstance(body, bytes | bytearray | memoryview):
+        return bytes(body), None
+    if isinstance(body, str):
+        try:
+            return body.encode("utf-8", "surrogateescape"), None
+        except UnicodeEncodeError:
+            return body.encode("utf-8", "surrogatepass"), None
+    if isinstance(body, Mapping):
+        try:
+            text = json.dumps(dict(body), ensure_ascii=False, allow_nan=False)
+            return text.encode("utf-8"), None
+        except (TypeError, ValueError, RecursionError):  # sets, NaN, lone surrogates, cycles
+            return b"", "webhook body is a mapping that is not JSON"
+    return b"", f"webhook body must be bytes, str or a mapping, not {type(body).__name__}"
+
+
 def _parse_id(mailbox_id: uuid.UUID | str) -> uuid.UUID:
+    """A `uuid.UUID`, or its text; anything else (an int, bytes, None, junk) → `InvalidInput`."""
     if isinstance(mailbox_id, uuid.UUID):
         return mailbox_id
-    try:
-        return uuid.UUID(str(mailbox_id))
-    except ValueError:
-        raise InvalidInput("mailbox_id", "not a mailbox id (a UUID)") from None
+    if isinstance(mailbox_id, str) and len(mailbox_id) <= 100:
+        try:
+            return uuid.UUID(mailbox_id)
+        except ValueError:
+            pass
+    raise InvalidInput("mailbox_id", "not a mailbox id (a UUID)")
 
 
 def _dedupe_key(event: WebhookEvent, now: datetime) -> str:

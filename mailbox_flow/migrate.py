@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 
 from .errors import ConfigurationError
 from .models import metadata
-from .store import make_engine
+from .store import database_url_of, make_engine
 
 __all__ = [
     "VERSION_TABLE",
@@ -33,7 +33,8 @@ def alembic_config(database_url: str) -> Config:
     """An Alembic config pointing at the packaged migrations and ``database_url``."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    url = database_url_of(database_url).render_as_string(hide_password=False)  # postgres:// too
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 

@@ -7,14 +7,19 @@ per run.
 Reasons (``Finding.reason``), in the order a run looks for them, and what ``fix=True`` does:
 
 - ``stale_intent``: a claim expired with its intent still set (a worker died, or Mailivery could not be
-  asked, in the middle of a call). `MailboxFlow.recover` re-reads the campaign; if the effect happened
-  there it finishes the transition without a call, else it makes the call again (an interrupted
-  connect is not repeated: its intent is cleared).
+  asked, in the middle of a call), the intent older than ``stuck_after``. `MailboxFlow.recover`
+  re-reads the campaign; if the effect happened there it finishes the transition without a call
+  (``completed``), else it makes the call again (``started``/``resumed`` for a start or resume,
+  ``retried`` for a pause or delete; an interrupted connect is not repeated: its intent is cleared).
 - ``unprocessed_delivery``: a stored webhook delivery that failed, or whose worker died. Process it again.
 - with ``remote=True`` (Mailivery's campaign list, read once):
 
   - ``lost_webhook``: Mailivery has a campaign for an address we are waiting on (requested/oauth_sent)
-    and no webhook was processed. Re-read it, link it (→ pending) and start it, as the webhook would.
+    and no webhook was processed (or only a refused one, whose rejected record holds the campaign: it
+    may have been a forged copy of the genuine one). Re-read it, link it (→ pending) and start it, as
+    the webhook would; never a campaign whose meta at Mailivery shows another correlation token, and
+    one a rejected record holds only when Mailivery shows this mailbox's token (the record gives it
+    up, audit row ``release_campaign``); otherwise only reported (``investigate``).
   - ``remote_pending_local_warming``: warming here, pending there (the never-started bug). Re-read it
     and send start-warmup again (audited, warming → warming).
   - ``status_mismatch``: warming here and paused there, or paused here and active there: follow
@@ -41,14 +46,15 @@ that need it are reported ``deferred`` and the report carries the error (`Reconc
 from __future__ import annotations
 
 import enum
+import math
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from ._takeover import campaign_token, may_take_over, same_token
+from .audit import get_logger
 from .errors import (
     ConcurrentUpdate,
     DuplicateMailbox,
@@ -79,12 +85,14 @@ __all__ = [
     "reconcile",
 ]
 
-log = structlog.get_logger("mailbox_flow")
+log = get_logger("mailbox_flow.reconcile")
 
 #: Rows per database read while scanning.
 DEFAULT_BATCH_SIZE = 500
 #: The version of `ReconcileReport.to_dict`'s layout (bumped only when a key changes meaning or goes).
 REPORT_SCHEMA = 1
+#: The longest ``stuck_after``/``expire_after`` accepted (100 years).
+_MAX_DURATION = timedelta(days=36500)
 #: ``progress(phase, rows_examined_so_far)``, called as a run advances (for a progress display).
 ProgressCallback = Callable[[str, int], None]
 
@@ -115,7 +123,7 @@ class Action(enum.StrEnum):
     RESUMED = "resumed"  # resume-warmup called → warming
     RESTARTED = "restarted"  # start-warmup sent again for a mailbox Mailivery still had pending
     COMPLETED = "completed"  # the effect had already happened at Mailivery: recorded without a call
-    RETRIED = "retried"  # an interrupted call was made again
+    RETRIED = "retried"  # an interrupted pause or delete was made again (start/resume: started/resumed)
     FOLLOWED = "followed"  # local state brought in line with Mailivery's, without a call
     CLEARED = "cleared"  # an interrupted call with nothing to repeat: its intent dropped
     EXPIRED = "expired"  # abandoned OAuth given up (no call)
@@ -264,8 +272,8 @@ class ReconcileReport:
 def reconcile(
     flow: MailboxFlow,
     *,
-    stuck_after: timedelta,
-    expire_after: timedelta,
+    stuck_after: timedelta | float,
+    expire_after: timedelta | float,
     remote: bool = False,
     fix: bool = False,
     delete_orphans: bool = False,
@@ -274,17 +282,18 @@ def reconcile(
 ) -> ReconcileReport:
     """Run one reconcile pass over ``flow``'s database (see the module docstring).
 
-    Raises `ConfigurationError` when ``fix`` or ``remote`` is asked without a Mailivery client, and
-    `StorageError` when the database fails; Mailivery's failures are reported in the report instead.
+    ``stuck_after``/``expire_after``: a `timedelta` or a number of seconds (int or float). Raises
+    `InvalidInput` naming the argument for a bad duration, `ConfigurationError` when ``fix`` or
+    ``remote`` is asked without a Mailivery client, and `StorageError` when the database fails;
+    Mailivery's failures are reported in the report instead.
     """
-    if stuck_after < timedelta(0) or expire_after < timedelta(0):
-        raise InvalidInput("stuck_after" if stuck_after < timedelta(0) else "expire_after",
-                           "must not be negative")
+    stuck = _duration("stuck_after", stuck_after)
+    expire = _duration("expire_after", expire_after)
     if batch_size < 1:
         raise InvalidInput("batch_size", "must be at least 1")
     if fix or remote:
         flow.client  # noqa: B018 - fail on a missing client before anything is done
-    report = ReconcileReport(utcnow(), stuck_after, expire_after, remote, fix,
+    report = ReconcileReport(utcnow(), stuck, expire, remote, fix,
                              delete_orphans=delete_orphans)
     _Run(flow, report, batch_size, progress).execute()
     report.finished_at = utcnow()
@@ -299,6 +308,23 @@ def reconcile(
         seconds=round((report.finished_at - report.started_at).total_seconds(), 3),
     )
     return report
+
+
+def _duration(name: str, value: object) -> timedelta:
+    """A reconcile duration argument as a `timedelta`: a `timedelta`, or a number of seconds (an int
+    or a float; not a bool), finite, not negative and at most `_MAX_DURATION`. Anything else raises
+    `InvalidInput` naming the argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, timedelta | int | float):
+        raise InvalidInput(name, "must be a timedelta or a number of seconds, "
+                                 f"not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(name, f"must be a finite number of seconds, not {value!r}")
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if seconds < 0:
+        raise InvalidInput(name, "must not be negative")
+    if seconds > _MAX_DURATION.total_seconds():
+        raise InvalidInput(name, f"must be at most {_MAX_DURATION.days} days")
+    return value if isinstance(value, timedelta) else timedelta(seconds=value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +557,11 @@ class _Run:
     # -- phase 1: stale intents ------------------------------------------------------------------
 
     def stale_intents(self) -> None:
-        for mailbox in self.store.scan_stale_intents(now=self.now, batch_size=self.batch_size):
+        # Stale: nobody holds the lease any more, and the intent is older than ``stuck_after`` (a
+        # call that failed moments ago, its error recorded, is not yet the reconciler's business).
+        scan = self.store.scan_stale_intents(now=self.now, batch_size=self.batch_size,
+                                             intent_before=self.now - self.report.stuck_after)
+        for mailbox in scan:
             self.tick(Reason.STALE_INTENT.value)
             if mailbox.id in self.seen:
                 continue
@@ -557,6 +587,12 @@ class _Run:
         if action is None:  # nothing left to recover: someone else finished it meanwhile
             return None
         detail = result.detail or f"{mailbox.intent_trigger} {result.action}"
+        if action is Action.RETRIED and result.mailbox.state is State.WARMING:
+            # the call made again was start-warmup or resume-warmup: say which, as every phase does
+            trail = self.store.history(mailbox.id)
+            trigger = trail[-1].trigger if trail else None
+            action = {"start": Action.STARTED, "resume": Action.RESUMED}.get(trigger or "", action)
+            detail = f"{mailbox.intent_trigger} interrupted: {trigger or 'call'} made again"
         return _Done(action, result.mailbox, detail)
 
     # -- phase 2: unprocessed deliveries ---------------------------------------------------------
@@ -619,6 +655,7 @@ class _Run:
             self.report.errors.append(f"cannot list Mailivery's campaigns: {_text(exc)}")
             return
         campaigns = {c.id: c for c in listed if c.lifecycle != "deleted"}
+        held: list[tuple[Mailbox, Campaign]] = []  # campaigns rejected records hold
         for mailbox in self.store.scan_linked(batch_size=self.batch_size):
             self.tick("remote")
             assert mailbox.campaign_id is not None
@@ -628,9 +665,13 @@ class _Run:
             drift = _drift(mailbox, campaign)
             if drift is not None:
                 self.linked_drift(mailbox, campaign, drift)
+            elif campaign is not None and mailbox.state is State.REJECTED and mailbox.owner_id is None:
+                held.append((mailbox, campaign))
         for campaign_id in sorted(campaigns):  # what is left: campaigns no mailbox is linked to
             self.tick("remote")
             self.unlinked(campaigns[campaign_id])
+        for record, campaign in held:  # after the unlinked ones: a campaign nobody disputes goes first
+            self.held_by_record(record, campaign)
 
     def linked_drift(self, mailbox: Mailbox, campaign: Campaign | None,
                      drift: tuple[Reason, str]) -> None:
@@ -668,26 +709,62 @@ class _Run:
             return
         self.orphan(campaign)
 
-    def lost_webhook(self, mailbox: Mailbox, campaign: Campaign) -> None:
+    def held_by_record(self, record: Mailbox, campaign: Campaign) -> None:
+        """A rejected record holds a campaign of an address a mailbox recorded before it is still
+        waiting for: its delivery was refused (a token mismatch, the partner check) and may have been
+        a forged copy of the genuine one, which never came. Reported as a lost webhook of the waiting
+        mailbox; fixing, it is linked only on Mailivery's word (the campaign's meta shows its token)."""
+        waiting = self.store.find_active_by_email(record.email)
+        if waiting is None or waiting.id in self.seen or not may_take_over(record, waiting):
+            return
+        listed_token = campaign_token(campaign)
+        if listed_token is not None and not same_token(listed_token, waiting.correlation_token):
+            return  # Mailivery shows another token: the record is right, the campaign is not theirs
+        trail = self.store.history(record.id)
+        why = trail[0].detail.get("reason") if trail and trail[0].detail else None
+        self.lost_webhook(waiting, campaign, held=record,
+                          detail=f"Mailivery has a campaign for this address, held by rejected mailbox "
+                                 f"{record.id} (its delivery was refused: {why or 'not expected'}); "
+                                 "no matching webhook was processed")
+
+    def lost_webhook(self, mailbox: Mailbox, campaign: Campaign, *, held: Mailbox | None = None,
+                     detail: str = "Mailivery has a campaign for this address; no webhook was processed"
+                     ) -> None:
         base = self.finding(mailbox, Reason.LOST_WEBHOOK, campaign_id=campaign.id,
-                            remote_status=campaign.status,
-                            detail="Mailivery has a campaign for this address; no webhook was processed")
+                            remote_status=campaign.status, detail=detail)
         if self.leased(mailbox):
             self.skipped(base)
             return
         if not self.fix:
             self.add(base, mailbox.flag_reason)
             return
-        self.record(base, self.attempt(self.link, mailbox, campaign.id), mailbox)
+        self.record(base, self.attempt(self.link, mailbox, campaign.id, held), mailbox)
 
-    def link(self, mailbox: Mailbox, campaign_id: int) -> _Done | None:
-        """What the lost webhook would have done: verify, link (→ pending), start."""
+    def link(self, mailbox: Mailbox, campaign_id: int, held: Mailbox | None = None) -> _Done | None:
+        """What the lost webhook would have done: verify, link (→ pending), start.
+
+        Never for a campaign Mailivery shows with another correlation token (for one a rejected record
+        ``held``, that proves the record right: nothing to do); a campaign a rejected record holds
+        only when Mailivery shows this mailbox's token (then the record gives it up).
+        """
         campaign = self.read_campaign(campaign_id)
         if campaign is None:
             return None
         if campaign.email != mailbox.email:
             return _Done(Action.FLAGGED, detail="campaign email at Mailivery differs",
                          recommended=_INVESTIGATE)
+        remote_token = campaign_token(campaign)
+        if remote_token is not None and not same_token(remote_token, mailbox.correlation_token):
+            if held is not None:  # the rejected record is right: nothing to do
+                return None
+            return _Done(Action.FLAGGED, recommended=_INVESTIGATE,
+                         detail="the campaign at Mailivery carries another correlation token: "
+                                "not this mailbox's")
+        if held is not None and remote_token is None:
+            return _Done(Action.FLAGGED, recommended=_INVESTIGATE,
+                         detail=f"campaign held by rejected mailbox {held.id}, and Mailivery does not "
+                                "show the campaign's correlation token: a person decides whether it is "
+                                "this mailbox's (reject or delete it, or have the user consent again)")
         if self.flow.expect is not None:
             event = WebhookEvent(type="campaign.pending", action="pending", campaign_id=campaign.id,
                                  email=campaign.email, first_name=campaign.first_name,
@@ -695,9 +772,16 @@ class _Run:
             if not self.flow.expect(mailbox, event):
                 return _Done(Action.FLAGGED, detail="refused by the partner check",
                              recommended=_INVESTIGATE)
+        detail: dict[str, Any] = {"campaign_id": campaign.id, "reason": Reason.LOST_WEBHOOK.value}
+        if held is not None:
+            record = self.store.get(held.id)
+            if record is None or record.campaign_id != campaign.id or not may_take_over(record, mailbox):
+                return None  # changed meanwhile
+            self.flow._release_campaign(record, mailbox, Source.RECONCILER, "campaign_meta")
+            detail["taken_from_mailbox_id"] = str(record.id)
         pending = self.flow._apply(
             mailbox, "mark_pending", source=Source.RECONCILER, values={"campaign_id": campaign.id},
-            detail={"campaign_id": campaign.id, "reason": Reason.LOST_WEBHOOK.value},
+            detail=detail,
         )
         try:
             return self.warm(pending, campaign, Reason.LOST_WEBHOOK.value)

@@ -12,13 +12,14 @@ SQLAlchemy errors are translated to `StorageError` here, at the boundary.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime
 from functools import lru_cache, wraps
-from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
+from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -27,13 +28,14 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from ._bounds import is_id
 from ._direct import Direct, EngineRunner, Runner, Statement
 from .errors import ConfigurationError, DuplicateMailbox, MailboxFlowError, StorageError
 from .models import ACTIVE_PREDICATE, MailboxRow, TransitionRow, WebhookDeliveryRow, metadata, utcnow
 from .states import ACTIVE_STATES, STATE_BY_VALUE, State
 from .types import AuditEntry, Delivery, Mailbox, Source
 
-__all__ = ["Finish", "Move", "Store", "make_engine"]
+__all__ = ["Finish", "Move", "Store", "database_url_of", "make_engine"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -48,22 +50,22 @@ _INBOX_COLS = [INBOX.c[f.name] for f in fields(Delivery)]
 
 
 def make_engine(
-    database_url: str, *, echo: bool = False, pool_size: int = 20, max_overflow: int = 10
+    database_url: str, *, echo: bool | Literal["debug"] = False, pool_size: int = 20,
+    max_overflow: int = 10,
 ) -> Engine:
     """An engine tuned for mailbox_flow: SQLite in WAL mode, or PostgreSQL through psycopg 3.
 
     ``pool_size``/``max_overflow`` size PostgreSQL's connection pool (see `Settings.db_pool_size`).
     Raises `ConfigurationError` for a malformed URL or a database whose driver is not installed.
+
+    The engine never logs result rows (they hold OAuth URLs and correlation tokens), not even with the
+    ``sqlalchemy.engine`` logger at DEBUG, unless asked with ``echo="debug"`` (or, later,
+    ``engine.echo = "debug"``); SQL statements are logged as usual, without their parameters.
     """
+    url = database_url_of(database_url)
     try:
-        url = make_url(database_url)
-    except (ArgumentError, ValueError):
-        raise ConfigurationError(  # (the URL itself may hold a password: it is not repeated)
-            "database_url is not a database URL; expected e.g. sqlite:///mailbox_flow.db or "
-            "postgresql://user@host/dbname"
-        ) from None
-    try:
-        return _create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow)
+        return _without_rows(_create_engine(url, echo=echo, pool_size=pool_size,
+                                            max_overflow=max_overflow))
     except NoSuchModuleError:
         raise ConfigurationError(
             f"unknown database {url.drivername!r} in database_url: mailbox_flow supports sqlite and "
@@ -77,7 +79,30 @@ def make_engine(
         ) from exc
 
 
-def _create_engine(url: sa.URL, *, echo: bool, pool_size: int, max_overflow: int) -> Engine:
+def database_url_of(database_url: str) -> sa.URL:
+    """``database_url`` parsed, with PostgreSQL's spellings mapped to psycopg 3: the one place that reads
+    a database URL (engines, Alembic, the test helpers).
+
+    ``postgres://`` (what most hosting providers hand out), ``postgresql://`` (SQLAlchemy's default
+    driver would be psycopg2) and ``postgresql+psycopg2://`` all become ``postgresql+psycopg://``;
+    ``postgres+<driver>://`` becomes ``postgresql+<driver>://``. Raises `ConfigurationError` for a
+    string that is not a URL.
+    """
+    try:
+        url = make_url(database_url)
+    except (ArgumentError, ValueError):
+        raise ConfigurationError(  # (the URL itself may hold a password: it is not repeated)
+            "database_url is not a database URL; expected e.g. sqlite:///mailbox_flow.db or "
+            "postgresql://user@host/dbname"
+        ) from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend in ("postgres", "postgresql"):
+        url = url.set(drivername=f"postgresql+{driver if driver not in ('', 'psycopg2') else 'psycopg'}")
+    return url
+
+
+def _create_engine(url: sa.URL, *, echo: bool | Literal["debug"], pool_size: int,
+                   max_overflow: int) -> Engine:
     # hide_parameters: SQL logging (echo, or the sqlalchemy.engine logger at INFO) and the messages of
     # database errors leave the values out: they include OAuth URLs, correlation tokens, webhook bodies.
     backend = url.get_backend_name()
@@ -93,13 +118,67 @@ def _create_engine(url: sa.URL, *, echo: bool, pool_size: int, max_overflow: int
         _tune_sqlite(engine, wal=not memory)
         return engine
     if backend == "postgresql":
-        if url.get_driver_name() in ("", "psycopg2"):
-            url = url.set(drivername="postgresql+psycopg")
         # No pre-ping (a round trip per checkout); a dropped connection is invalidated on its first
         # error (StorageError to the caller, 503 at the web edge) and replaced on the next checkout.
         return sa.create_engine(url, echo=echo, hide_parameters=True, pool_recycle=1800,
                                 pool_size=pool_size, max_overflow=max_overflow)
     return sa.create_engine(url, echo=echo, hide_parameters=True)
+
+
+class _RowlessLogger:
+    """An engine's logger with its DEBUG output (result rows) switched off; INFO and up (SQL
+    statements, without their parameters) pass to the logger it wraps."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def isEnabledFor(self, level: int) -> bool:  # (logging's spelling)
+        return level > logging.DEBUG and bool(self.inner.isEnabledFor(level))
+
+    def getEffectiveLevel(self) -> int:
+        return max(int(self.inner.getEffectiveLevel()), logging.INFO)
+
+    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        if level > logging.DEBUG:
+            kwargs["stacklevel"] = kwargs.get("stacklevel", 1) + 1
+            self.inner.log(level, msg, *args, **kwargs)
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.WARNING, msg, *args, **kwargs)
+
+    warn = warning
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.ERROR, msg, *args, exc_info=True, **kwargs)
+
+    def critical(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self.log(logging.CRITICAL, msg, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _without_rows(engine: Engine) -> Engine:
+    """Keep result rows out of the engine's log unless it was made with ``echo="debug"``.
+
+    SQLAlchemy logs every fetched row when its engine logger is enabled for DEBUG (a host setting
+    ``sqlalchemy.engine`` to DEBUG for its own queries); this engine's logger then answers "not for
+    DEBUG". Setting ``engine.echo`` afterwards replaces the logger: that is an explicit opt-in.
+    """
+    if engine.echo != "debug":
+        engine.logger = _RowlessLogger(engine.logger)  # type: ignore[assignment]
+    return engine
 
 
 def _tune_sqlite(engine: Engine, *, wal: bool) -> None:
@@ -560,6 +639,16 @@ class Store:
         with self._read() as conn:
             return conn.execute(sa.text("SELECT 1")).scalar() == 1
 
+    @_storage_errors
+    def probe_write(self) -> None:
+        """Raise `StorageError` unless the inbox takes writes: a no-op ``UPDATE`` (no row matches) in a
+        transaction rolled back at once. It fails on a read-only database file or transaction (a
+        standby, ``default_transaction_read_only``), a missing privilege or missing tables; writes
+        nothing, so it cannot see a full disk (the receiver counts failed deliveries for that)."""
+        with self.engine.connect() as conn, conn.begin() as transaction:
+            conn.execute(sa.update(INBOX).where(sa.false()).values(status=INBOX.c.status))
+            transaction.rollback()
+
     def dispose(self) -> None:
         self.engine.dispose()
 
@@ -604,6 +693,8 @@ class Store:
 
     @_storage_errors
     def get_by_campaign(self, campaign_id: int) -> Mailbox | None:
+        if not is_id(campaign_id):  # no campaign can have it
+            return None
         return self._one_mailbox(_GET_BY_CAMPAIGN, {"g_campaign": campaign_id})
 
     @_storage_errors
@@ -874,6 +965,9 @@ class Store:
 
     @_storage_errors
     def get_delivery(self, delivery_id: int) -> Delivery | None:
+        """The delivery with this id; None for an id no row can have (see `mailbox_flow._bounds`)."""
+        if not is_id(delivery_id):
+            return None
         return self._one_delivery(_GET_DELIVERY, {"g_id": delivery_id})
 
     @_storage_errors
@@ -975,13 +1069,18 @@ class Store:
             statement = _SCAN_STATE_NEXT
             params["g_after_at"], params["g_after_id"] = batch[-1].state_changed_at, batch[-1].id
 
-    def scan_stale_intents(self, *, now: datetime, batch_size: int = 500) -> Iterator[Mailbox]:
-        """Mailboxes that carry an intent nobody holds (lease expired or released), by id, in batches."""
+    def scan_stale_intents(self, *, now: datetime, batch_size: int = 500,
+                           intent_before: datetime | None = None) -> Iterator[Mailbox]:
+        """Mailboxes that carry an intent nobody holds (lease expired or released), by id, in batches;
+        with ``intent_before``, only intents recorded before then."""
         after: uuid.UUID | None = None
         while True:
             query = sa.select(*_MAILBOX_COLS).where(
                 MAILBOX.c.intent_trigger.is_not(None), _not_leased(now)
             )
+            if intent_before is not None:
+                query = query.where(sa.or_(MAILBOX.c.intent_at.is_(None),
+                                           MAILBOX.c.intent_at <= intent_before))
             if after is not None:
                 query = query.where(MAILBOX.c.id > after)
             batch = self._batch(query.order_by(MAILBOX.c.id).limit(batch_size))

@@ -117,13 +117,15 @@ def postgres_schema(
     """
     import sqlalchemy as sa
 
+    from .store import make_engine
+
     for name, value in (settings or {}).items():
         if (name == "search_path" or not re.fullmatch(r"[a-z_.]+", name)
                 or not re.fullmatch(r"[A-Za-z0-9_.:-]+", value)):
             raise ValueError(f"not a PostgreSQL setting this helper passes on: {name}={value}")
     schema = f"{prefix}_{uuid.uuid4().hex[:12]}"
     options = {"search_path": schema, **(settings or {})}
-    admin = sa.create_engine(base_url)
+    admin = make_engine(base_url, pool_size=1)  # postgres:// and postgresql:// too
     try:
         with admin.begin() as conn:
             conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))

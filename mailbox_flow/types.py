@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -109,7 +109,8 @@ class AuditEntry:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One stored webhook delivery (the inbox)."""
+    """One stored webhook delivery (the inbox). ``body`` (the raw delivery, with its correlation token)
+    is left out of the repr."""
 
     id: int
     received_at: datetime
@@ -117,7 +118,7 @@ class Delivery:
     event_type: str | None
     campaign_id: int | None
     email: str | None
-    body: bytes
+    body: bytes = field(repr=False)
     status: str
     outcome: str | None
     mailbox_id: uuid.UUID | None

@@ -11,11 +11,19 @@ status      when
             or accepted (with ``background_workers``): stored, to be acted on in the background
 400         malformed body (stored as ``invalid``)
 401         bad secret (nothing stored)
+408         the body did not arrive within ``body_timeout`` seconds (nothing stored; connection closed)
 413         body larger than ``max_body_bytes`` (nothing stored)
 503         the database is unavailable (nothing decided; the sender may retry)
 ==========  ==================================================================================
 
-``GET /healthz`` answers 200 when the database is reachable, 503 otherwise. No input produces a 500.
+A client that goes away mid-body is dropped quietly (nothing stored, no traceback in the server's log).
+
+``GET /healthz`` answers 200 ``{"status": "ok"}`` only when deliveries can be stored: 503
+``{"status": "unavailable"}`` when the database does not answer, 503 ``{"status": "degraded",
+"reason": ...}`` when it answers but refuses writes (a no-op write probe, rolled back: read-only file or
+transaction, missing privilege) or when the last `STORE_FAILURES_DEGRADED` deliveries could not be
+stored and none was since (a full disk), for `STORE_FAILURE_WINDOW` seconds after the last failure.
+No input produces a 500.
 
 By default each delivery is acted on before it is answered (two Mailivery calls for a new mailbox, under
 the client's rate limit). With ``background_workers=N`` the receiver answers as soon as the delivery is
@@ -39,31 +47,78 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import structlog
+import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .audit import error_fields
-from .errors import MailboxFlowError, WebhookAuthError, WebhookPayloadError
+from ._bounds import DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_BODY_BYTES
+from .audit import error_fields, get_logger
+from .errors import MailboxFlowError, StorageError, WebhookAuthError, WebhookPayloadError
 from .models import utcnow
 from .types import Outcome
 
 if TYPE_CHECKING:
     from .flow import MailboxFlow
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "WEBHOOK_PATH", "create_app", "serve"]
+__all__ = ["DEFAULT_BODY_TIMEOUT", "DEFAULT_MAX_BODY_BYTES", "WEBHOOK_PATH", "create_app", "serve"]
 
-log = structlog.get_logger("mailbox_flow")
+log = get_logger("mailbox_flow.web")
 
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
 WEBHOOK_PATH = "/webhooks/mailivery/{secret}"
 
 
 class _TooLarge(Exception):
     pass
+
+
+#: /healthz answers ``degraded`` after this many deliveries in a row could not be stored...
+STORE_FAILURES_DEGRADED = 3
+#: ...as long as the last of them is at most this many seconds old (and none was stored since).
+STORE_FAILURE_WINDOW = 60.0
+
+
+def _cause_name(exc: BaseException) -> str:
+    """The name of the database driver's error behind a `StorageError` (never its message, which
+    may name hosts, users or tables)."""
+    cause = exc.__cause__
+    return type(getattr(cause, "orig", None) or cause or exc).__name__
+
+
+class _StoreHealth:
+    """The outcome of the receiver's last attempts to store a delivery, for /healthz.
+
+    A write probe cannot see a full disk (it writes nothing); failed deliveries can. Failures are
+    forgotten after `STORE_FAILURE_WINDOW` seconds: a receiver that a load balancer took out of
+    rotation gets no deliveries, so none could ever succeed to clear them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._last_failure = 0.0
+        self._error = ""
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self._failures += 1
+            self._last_failure = time.monotonic()
+            self._error = _cause_name(exc)
+
+    def stored(self) -> None:
+        with self._lock:
+            self._failures = 0
+
+    def problem(self) -> str | None:
+        """Why deliveries cannot be stored now, or None."""
+        with self._lock:
+            if (self._failures >= STORE_FAILURES_DEGRADED
+                    and time.monotonic() - self._last_failure <= STORE_FAILURE_WINDOW):
+                return (f"the last {self._failures} deliveries could not be stored ({self._error}); "
+                        "none stored since")
+        return None
 
 
 class _Background:
@@ -153,8 +208,12 @@ class _Background:
             pool.shutdown(wait=True)
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The request body, refusing (early) anything over ``limit`` bytes."""
+async def _read_limited(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body, refusing (early) anything over ``limit`` bytes.
+
+    Raises `_TooLarge`, `TimeoutError` when the whole body has not arrived within ``timeout``
+    seconds, or starlette's `ClientDisconnect` when the client goes away before sending all of it.
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -164,11 +223,12 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             pass
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
+    with anyio.fail_after(timeout):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -180,8 +240,12 @@ def create_app(
     max_queued: int = 1000,
     drain_seconds: float = 10.0,
     sweep_seconds: float | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> Starlette:
     """The webhook receiver and health check for ``flow``, as an ASGI app.
+
+    ``body_timeout``: seconds a client has to send the whole body once its headers are in; a slower
+    (or stalled) one is answered 408 and the connection closed, nothing stored.
 
     ``background_workers`` > 0: answer once a delivery is stored (202 ``accepted``) and act on it in that
     many threads, and every ``sweep_seconds`` (default: the flow's lease) queue the deliveries left
@@ -192,8 +256,11 @@ def create_app(
     if background_workers < 0 or max_queued < 1 or drain_seconds < 0 or sweep <= 0:
         raise ValueError("background_workers >= 0, max_queued >= 1, drain_seconds >= 0 and "
                          "sweep_seconds > 0, please")
+    if not body_timeout > 0:
+        raise ValueError(f"body_timeout must be > 0 seconds, not {body_timeout!r}")
     background = (_Background(flow, background_workers, max_queued, drain_seconds, sweep)
                   if background_workers else None)
+    health = _StoreHealth()
 
     async def receive(request: Request) -> JSONResponse:
         if background is not None:
@@ -204,10 +271,17 @@ def create_app(
         except WebhookAuthError:
             return JSONResponse({"error": "unauthorized"}, status_code=401)
         try:
-            body = await _read_limited(request, max_body_bytes)
+            body = await _read_limited(request, max_body_bytes, body_timeout)
         except _TooLarge:
             return JSONResponse({"error": "payload_too_large", "limit": max_body_bytes},
-                                status_code=413)
+                                status_code=413, headers={"Connection": "close"})
+        except TimeoutError:  # the rest of the body never came: the connection is of no further use
+            log.info("mailbox_flow.webhook_body_timeout", timeout=body_timeout)
+            return JSONResponse({"error": "request_timeout", "timeout": body_timeout},
+                                status_code=408, headers={"Connection": "close"})
+        except ClientDisconnect:  # gone mid-body: nobody reads this answer, nothing is stored
+            log.info("mailbox_flow.webhook_client_disconnected")
+            return JSONResponse({"error": "client_disconnected"}, status_code=400)
         headers = {k: v for k, v in request.headers.items() if k.lower() == "x-request-id"}
         try:
             if background is None:
@@ -219,16 +293,20 @@ def create_app(
         except WebhookAuthError:
             return JSONResponse({"error": "unauthorized"}, status_code=401)
         except WebhookPayloadError as exc:
+            health.stored()
             return JSONResponse(
                 {"error": "invalid_payload", "detail": exc.message, "delivery_id": exc.delivery_id},
                 status_code=400,
             )
         except MailboxFlowError as exc:
+            if isinstance(exc, StorageError):
+                health.failed(exc)
             log.error("mailbox_flow.webhook_unavailable", error=type(exc).__name__)
             return JSONResponse({"error": "unavailable"}, status_code=503)
         except Exception as exc:  # never a 500: the sender retries, the reconciler finishes it
             log.error("mailbox_flow.webhook_error", **error_fields(exc))
             return JSONResponse({"error": "unavailable"}, status_code=503)
+        health.stored()
         payload: dict[str, Any] = {
             "outcome": result.outcome.value,
             "delivery_id": result.delivery_id,
@@ -245,7 +323,18 @@ def create_app(
             ok = await run_in_threadpool(flow.store.ping)
         except Exception:
             ok = False
-        return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+        if not ok:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        try:
+            await run_in_threadpool(flow.store.probe_write)
+        except Exception as exc:
+            return JSONResponse({"status": "degraded",
+                                 "reason": f"the database refuses writes ({_cause_name(exc)})"},
+                                status_code=503)
+        problem = health.problem()
+        if problem is not None:
+            return JSONResponse({"status": "degraded", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -272,12 +361,14 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     workers_log_level: str = "info",
     background_workers: int = 0,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
 ) -> None:
     """Run the receiver with uvicorn in the foreground (access log off: paths carry the secret)."""
     import uvicorn
 
     uvicorn.run(
-        create_app(flow, max_body_bytes=max_body_bytes, background_workers=background_workers),
+        create_app(flow, max_body_bytes=max_body_bytes, background_workers=background_workers,
+                   body_timeout=body_timeout),
         host=host,
         port=port,
         access_log=False,

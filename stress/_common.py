@@ -21,7 +21,7 @@ PG_URL = os.environ.get(
     "MAILBOX_FLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 API_KEY = "stress-api-key-2b7c"
-SECRET = "stress-webhook-secret-91aa"
+SECRET = "stress-webhook-secret-91aa-5c0e7f3b2d94"
 
 
 @contextmanager

@@ -8,6 +8,7 @@ When PostgreSQL cannot be reached the PostgreSQL cases are skipped on a laptop, 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import stamina
+import structlog
 
 from mailbox_flow import MailboxFlow, MailiveryClient
 from mailbox_flow.testing import postgres_schema
@@ -47,6 +49,26 @@ def _pg_reachable() -> str | None:
         except Exception as exc:
             _pg_state["error"] = f"{type(exc).__name__}: {exc}"
     return _pg_state["error"]  # type: ignore[return-value]
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that configures logging hands the next one the set-up it found: structlog unconfigured
+    again (``capture_logs`` leaves it marked configured; the library then logs through the standard
+    library), and the ``mailbox_flow`` loggers' levels, handlers and switches as they were (a docs
+    snippet sets ``logging.getLogger("mailbox_flow")``'s level, as a host would)."""
+    configured = structlog.is_configured()
+    names = ["mailbox_flow", *(n for n in logging.root.manager.loggerDict if n.startswith("mailbox_flow."))]
+    saved = {n: (lg.level, lg.disabled, lg.propagate, list(lg.handlers))
+             for n in names for lg in [logging.getLogger(n)]}
+    yield
+    if not configured:
+        structlog.reset_defaults()
+    for name, logger in [(n, logging.getLogger(n)) for n in logging.root.manager.loggerDict
+                         if n == "mailbox_flow" or n.startswith("mailbox_flow.")]:
+        level, disabled, propagate, handlers = saved.get(name, (logging.NOTSET, False, True, []))
+        logger.setLevel(level)
+        logger.disabled, logger.propagate, logger.handlers[:] = disabled, propagate, handlers
 
 
 @pytest.fixture(autouse=True)

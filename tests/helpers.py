@@ -7,7 +7,7 @@ from typing import Any
 
 from mailbox_flow import MailboxFlow
 
-SECRET = "test-webhook-secret-3f9a"
+SECRET = "test-webhook-secret-3f9a-7c41d2e8b6a05f93"  # >= 32 bytes: shorter ones warn
 API_KEY = "sim-api-key-7d1e0c55"
 
 

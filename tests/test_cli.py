@@ -375,7 +375,7 @@ def test_webhook_serve_calls_the_receiver(db: MailboxFlow, monkeypatch: pytest.M
     assert result.exit_code == 0, result.output
     [(flow, host, port, kw)] = calls
     assert isinstance(flow, MailboxFlow) and (host, port) == ("0.0.0.0", 9123)
-    assert kw == {"max_body_bytes": 1000, "background_workers": 0}
+    assert kw == {"max_body_bytes": 1000, "background_workers": 0, "body_timeout": 10.0}
     assert SECRET not in result.output
 
 

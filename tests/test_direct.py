@@ -59,7 +59,7 @@ def comparable(mailbox: Mailbox) -> dict[str, Any]:
 
 @pytest.fixture
 def flow(database_url: str) -> Iterator[MailboxFlow]:
-    f = MailboxFlow(database_url, webhook_secret="x")
+    f = MailboxFlow(database_url, webhook_secret="x" * 32)
     f.create_schema()
     yield f
     f.close()
@@ -157,7 +157,7 @@ def test_refused_transition_rolls_back_and_frees_the_connection(flow: MailboxFlo
 
 @pytest.mark.postgres
 def test_dropped_postgres_connection_is_a_storage_error_then_heals(postgres_url: str) -> None:
-    flow = MailboxFlow(postgres_url, webhook_secret="x")
+    flow = MailboxFlow(postgres_url, webhook_secret="x" * 32)
     flow.create_schema()
     mailbox = seed(flow.store, "dropped")
     engine = flow.store.engine
@@ -176,7 +176,7 @@ def test_dropped_postgres_connection_is_a_storage_error_then_heals(postgres_url:
 @pytest.mark.postgres
 def test_autocommit_does_not_leak_into_later_transactions(postgres_url: str) -> None:
     """The direct path's autocommit is undone: a later SQLAlchemy transaction can still roll back."""
-    flow = MailboxFlow(postgres_url, webhook_secret="x")
+    flow = MailboxFlow(postgres_url, webhook_secret="x" * 32)
     flow.create_schema()
     mailbox = seed(flow.store, "leak")
     assert flow.get(mailbox.id) == mailbox  # direct: autocommit on, then off again
@@ -232,7 +232,7 @@ def test_every_direct_statement_fits_psycopgs_conversion_cache(postgres_url: str
     """
     from psycopg import _queries
 
-    flow = MailboxFlow(postgres_url, webhook_secret="x")
+    flow = MailboxFlow(postgres_url, webhook_secret="x" * 32)
     flow.create_schema()
     store = flow.store
     run_hot_path(flow, "sized", 7)

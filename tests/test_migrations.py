@@ -41,25 +41,25 @@ def test_upgrade_is_idempotent(database_url: str) -> None:
 
 def test_create_schema_matches_the_migrations(database_url: str) -> None:
     """create_schema() (quick start) builds the same tables the migrations build."""
-    with MailboxFlow(database_url, webhook_secret="s") as flow:
+    with MailboxFlow(database_url, webhook_secret="s" * 32) as flow:
         flow.create_schema()
     assert diff(database_url) == []
 
 
 def test_upgrade_stamps_a_create_schema_database(database_url: str) -> None:
     """A database made by create_schema() is stamped at head by upgrade, not created twice."""
-    with MailboxFlow(database_url, webhook_secret="s") as flow:
+    with MailboxFlow(database_url, webhook_secret="s" * 32) as flow:
         flow.create_schema()
         flow.store.insert_mailbox({"email": "kept@b.co", "state": State.PENDING.value})
     assert current_revision(database_url) is None
     assert upgrade(database_url) == head_revision()
-    with MailboxFlow(database_url, webhook_secret="s") as flow:
+    with MailboxFlow(database_url, webhook_secret="s" * 32) as flow:
         assert flow.find_by_email("kept@b.co") is not None
 
 
 def test_upgrade_refuses_a_drifted_unversioned_schema(database_url: str) -> None:
     """Unversioned tables that differ from the models are refused with ConfigurationError."""
-    with MailboxFlow(database_url, webhook_secret="s") as flow:
+    with MailboxFlow(database_url, webhook_secret="s" * 32) as flow:
         flow.create_schema()
         with flow.store.engine.begin() as conn:
             conn.execute(sa.text("DROP INDEX ix_mailbox_state_scan"))
@@ -70,7 +70,7 @@ def test_upgrade_refuses_a_drifted_unversioned_schema(database_url: str) -> None
 def test_migrated_database_works(database_url: str) -> None:
     """A migrated database takes a mailbox and enforces one live mailbox per email."""
     upgrade(database_url)
-    with MailboxFlow(database_url, webhook_secret="s") as flow:
+    with MailboxFlow(database_url, webhook_secret="s" * 32) as flow:
         flow.store.insert_mailbox({"email": "a@b.co", "state": State.PENDING.value})
         engine = flow.store.engine
         with engine.connect() as conn:
@@ -110,7 +110,7 @@ def test_upgrade_from_0001_replaces_the_scan_index(database_url: str, prebuilt: 
     also when the new index was built beforehand (as CREATE INDEX CONCURRENTLY would on a big table)."""
     assert upgrade(database_url, "0001") == "0001"
     assert _mailbox_indexes(database_url)["ix_mailbox_state_changed"] == ["state", "state_changed_at"]
-    with MailboxFlow(database_url, webhook_secret="s") as flow:
+    with MailboxFlow(database_url, webhook_secret="s" * 32) as flow:
         kept = flow.store.insert_mailbox({"email": "kept@b.co", "state": State.PENDING.value})
         if prebuilt:
             with flow.store.engine.begin() as conn:
@@ -121,5 +121,5 @@ def test_upgrade_from_0001_replaces_the_scan_index(database_url: str, prebuilt: 
     assert indexes["ix_mailbox_state_scan"] == ["state", "state_changed_at", "id"]
     assert "ix_mailbox_state_changed" not in indexes
     assert diff(database_url) == []
-    with MailboxFlow(database_url, webhook_secret="s") as flow:
+    with MailboxFlow(database_url, webhook_secret="s" * 32) as flow:
         assert flow.get(kept.id).email == "kept@b.co"

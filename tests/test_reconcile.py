@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from mailbox_flow import ConfigurationError, MailboxFlow, MailiveryClient, Source, State
-from mailbox_flow.models import utcnow
+from mailbox_flow.models import MailboxRow, utcnow
 from mailbox_flow.reconcile import OPEN_ACTIONS, Action, Finding, Reason, ReconcileReport, reconcile
 from mailbox_flow.types import Mailbox
 
@@ -56,11 +56,16 @@ def pairs(report: ReconcileReport) -> list[tuple[str, str]]:
 
 
 def die_mid_call(flow: MailboxFlow, mailbox: Mailbox, trigger: str) -> str:
-    """Leave ``mailbox`` as a worker that died during ``trigger``'s call would: intent set, lease expired."""
+    """Leave ``mailbox`` as a worker that died during ``trigger``'s call two hours ago would: intent
+    set (older than the default ``stuck_after``), lease expired."""
     request_id = str(uuid.uuid4())
     claimed = flow.store.claim(mailbox, owner="dead-worker", until=utcnow() - timedelta(seconds=1),
                                trigger=trigger, request_id=request_id)
     assert claimed is not None
+    table = MailboxRow.__table__
+    with flow.store.engine.begin() as conn:
+        conn.execute(sa.update(table).where(table.c.id == mailbox.id)
+                     .values(intent_at=utcnow() - 2 * HOUR))
     return request_id
 
 
@@ -210,11 +215,11 @@ def test_delivery_a_worker_is_processing_is_left_alone(flow: MailboxFlow, sim: A
 STALE = [
     # state, trigger, Mailivery status (None: deleted), action, the one call made, state after
     (State.PENDING, "start", "active", "completed", None, State.WARMING),
-    (State.PENDING, "start", "pending", "retried", ("PATCH", "start-warmup"), State.WARMING),
+    (State.PENDING, "start", "pending", "started", ("PATCH", "start-warmup"), State.WARMING),
     (State.WARMING, "pause", "paused", "completed", None, State.PAUSED),
     (State.WARMING, "pause", "active", "retried", ("PATCH", "pause-warmup"), State.PAUSED),
     (State.PAUSED, "resume", "active", "completed", None, State.WARMING),
-    (State.PAUSED, "resume", "paused", "retried", ("PATCH", "resume-warmup"), State.WARMING),
+    (State.PAUSED, "resume", "paused", "resumed", ("PATCH", "resume-warmup"), State.WARMING),
     (State.WARMING, "delete", None, "completed", None, State.DELETED),
     (State.WARMING, "delete", "active", "retried", ("DELETE", ""), State.DELETED),
 ]

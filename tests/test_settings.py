@@ -39,11 +39,11 @@ def test_defaults_are_zero_setup(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_flow_from_settings(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """MailboxFlow(settings=...) builds its client and secret from the settings."""
     settings = Settings(_env_file=None, database_url=f"sqlite:///{tmp_path}/s.db",  # type: ignore[call-arg]
-                        mailivery_api_key="key-abc", webhook_secret="sec-abc")
+                        mailivery_api_key="key-abc", webhook_secret="sec-abc-0123456789-0123456789-0123")
     with MailboxFlow(settings=settings) as flow:
         flow.create_schema()
         assert flow.client is not None
-        flow.verify_secret("sec-abc")
+        flow.verify_secret("sec-abc-0123456789-0123456789-0123")
 
 
 def test_flow_without_client_says_what_is_missing(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,12 +80,12 @@ def test_pool_size_comes_from_settings(postgres_url: str, monkeypatch: pytest.Mo
     from sqlalchemy.pool import QueuePool
 
     monkeypatch.delenv("MAILBOX_FLOW_DB_POOL_SIZE", raising=False)
-    default = MailboxFlow(postgres_url, webhook_secret="x", settings=Settings(_env_file=None))
+    default = MailboxFlow(postgres_url, webhook_secret="x" * 32, settings=Settings(_env_file=None))
     assert default.store.engine.pool.size() == 20  # type: ignore[attr-defined]
     default.close()
     monkeypatch.setenv("MAILBOX_FLOW_DB_POOL_SIZE", "3")
     monkeypatch.setenv("MAILBOX_FLOW_DB_MAX_OVERFLOW", "1")
-    flow = MailboxFlow(postgres_url, webhook_secret="x")
+    flow = MailboxFlow(postgres_url, webhook_secret="x" * 32)
     pool = flow.store.engine.pool
     assert isinstance(pool, QueuePool)
     assert (pool.size(), pool._max_overflow) == (3, 1)
@@ -100,7 +100,7 @@ def test_pool_size_comes_from_settings(postgres_url: str, monkeypatch: pytest.Mo
 def test_bad_database_url_is_a_configuration_error(url: str, message: str) -> None:
     """A malformed or unknown database URL: a typed error that names the problem, never the password."""
     with pytest.raises(ConfigurationError, match=message) as caught:
-        MailboxFlow(url or "://", webhook_secret="x")
+        MailboxFlow(url or "://", webhook_secret="x" * 32)
     assert "hunter2" not in str(caught.value)
 
 
@@ -109,4 +109,4 @@ def test_missing_postgres_driver_says_what_to_install(monkeypatch: pytest.Monkey
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if `pip install mailbox-flow` only
     with pytest.raises(ConfigurationError, match=r"pip install 'mailbox-flow\[postgres\]'"):
-        MailboxFlow("postgresql://postgres@127.0.0.1:5432/test", webhook_secret="x")
+        MailboxFlow("postgresql://postgres@127.0.0.1:5432/test", webhook_secret="x" * 32)

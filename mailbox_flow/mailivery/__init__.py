@@ -17,6 +17,7 @@ from .schemas import (
     parse_webhook,
     validate_connect,
     validate_meta,
+    validate_owner_id,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "parse_webhook",
     "validate_connect",
     "validate_meta",
+    "validate_owner_id",
 ]

@@ -37,8 +37,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import stamina
-import structlog
 
+from .._bounds import MAX_ID, is_id
+from .._redact import hide_password
+from .._security import clear_text_base_url
+from ..audit import get_logger
 from ..errors import (
     ConfigurationError,
     InvalidInput,
@@ -70,7 +73,7 @@ __all__ = [
     "shared_rate_limiter",
 ]
 
-log = structlog.get_logger("mailbox_flow")
+log = get_logger("mailbox_flow.mailivery.client")
 
 #: Every path this client calls, relative to the base URL (mailivery-api.md §2.1 and §6.6).
 PATHS: Final[Mapping[str, str]] = {
@@ -283,8 +286,8 @@ class _OutOfTime(Exception):
 
 
 def _check_campaign_id(campaign_id: Any) -> int:
-    if isinstance(campaign_id, bool) or not isinstance(campaign_id, int) or campaign_id <= 0:
-        raise InvalidInput("campaign_id", "must be a positive integer")
+    if not is_id(campaign_id):
+        raise InvalidInput("campaign_id", f"must be an integer from 1 to {MAX_ID}")
     return campaign_id
 
 
@@ -414,10 +417,13 @@ class MailiveryClient:
             raise ConfigurationError("base_url must be an absolute http(s) URL")
         if parts.query or parts.fragment:
             raise ConfigurationError("base_url must not have a query string or fragment")
+        problem = clear_text_base_url(base_url)
+        if problem is not None:
+            raise ConfigurationError(problem)
         return base_url.strip().rstrip("/")
 
     def __repr__(self) -> str:
-        return f"MailiveryClient(base_url={self.base_url!r})"
+        return f"MailiveryClient(base_url={hide_password(self.base_url)!r})"
 
     def __enter__(self) -> MailiveryClient:
         return self

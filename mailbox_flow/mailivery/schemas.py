@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
 
+from .._bounds import MAX_EXACT_FLOAT_ID, MAX_ID, MAX_ID_DIGITS, is_id
 from ..errors import InvalidInput, MailiveryResponseError, WebhookPayloadError
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "parse_webhook",
     "validate_connect",
     "validate_meta",
+    "validate_owner_id",
 ]
 
 DEFAULT_BASE_URL: Final = "https://app.mailivery.io/api/v1"
@@ -50,7 +52,6 @@ _MAX_EMAILS_PER_DAY: Final = 2000
 _MAX_RESPONSE_RATE: Final = 100
 _MAX_META_ITEMS: Final = 50
 _MAX_URL_LENGTH: Final = 8192
-_MAX_ID_DIGITS: Final = 18
 _META_KEY_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _BRACKET_KEY_RE: Final = re.compile(r"meta\[([^\[\]]+)\]")
 # Characters never allowed in an address we accept (quoted local parts are not supported).
@@ -101,13 +102,36 @@ def _bounded_int(value: Any, field: str, low: int, high: int) -> int:
     return value
 
 
+def validate_owner_id(value: Any) -> str:
+    """The partner's owner id, as given: non-empty text of at most 255 characters, no control
+    characters (NUL included) and no lone surrogates; `InvalidInput` naming ``owner_id`` if not."""
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_FIELD_LENGTH:
+        raise InvalidInput("owner_id", "must be a non-empty string of at most 255 characters")
+    if _has_bad_chars(value, _BAD_TEXT_CATEGORIES):
+        raise InvalidInput("owner_id", "must not contain control characters")
+    return value
+
+
 def normalize_email(value: str, field: str = "email") -> str:
-    """Strip, lowercase and syntax-check an address; `InvalidInput` naming ``field`` if bad."""
+    """Strip, lowercase and syntax-check an address; `InvalidInput` naming ``field`` if bad.
+
+    Only ASCII addresses are accepted, checked before lowercasing (so that a look-alike such as
+    the Kelvin sign, which lowercases to ``k``, is refused too): Mailivery refuses the rest with a
+    422, and Microsoft 365 mailboxes have ASCII addresses. An internationalized domain is given in
+    its ASCII (punycode, ``xn--``) form.
+    """
     if not isinstance(value, str):
         raise InvalidInput(field, "must be a string")
-    email = value.strip().lower()
-    if not email:
+    stripped = value.strip()
+    if not stripped:
         raise InvalidInput(field, "must not be empty")
+    if _has_bad_chars(stripped, _BAD_EMAIL_CATEGORIES):
+        raise InvalidInput(field, "must not contain whitespace or control characters")
+    if not stripped.isascii():
+        raise InvalidInput(
+            field, "must be an ASCII address (give an international domain in its xn-- form)"
+        )
+    email = stripped.lower()
     if len(email) > MAX_FIELD_LENGTH:
         raise InvalidInput(field, f"must be at most {MAX_FIELD_LENGTH} characters")
     if any(ch.isspace() for ch in email) or _has_bad_chars(email, _BAD_EMAIL_CATEGORIES):
@@ -235,20 +259,21 @@ def validate_meta(meta: Mapping[str, str] | None) -> dict[str, str]:
 
 
 def _as_id(value: Any) -> int | None:
-    """A positive integer id from an int, an integral float or a numeric string; else None."""
+    """An id in ``1..MAX_ID`` (`mailbox_flow._bounds`) from an int, an integral float below 2**53
+    (above, a float no longer names one integer) or a string of ASCII digits; else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value > 0 else None
+        return value if is_id(value) else None
     if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer() and 0 < value < 10**_MAX_ID_DIGITS:
+        if math.isfinite(value) and value.is_integer() and 0 < value < MAX_EXACT_FLOAT_ID:
             return int(value)
         return None
     if isinstance(value, str):
         text = value.strip()
-        if 0 < len(text) <= _MAX_ID_DIGITS and text.isascii() and text.isdigit():
+        if 0 < len(text) <= MAX_ID_DIGITS and text.isascii() and text.isdigit():
             number = int(text)
-            return number if number > 0 else None
+            return number if 0 < number <= MAX_ID else None
     return None
 
 
@@ -488,7 +513,10 @@ def _tags_from(value: Any, meta: Mapping[str, str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class WebhookEvent:
-    """One Mailivery webhook delivery, read leniently (see mailivery-api.md §3 and §6.12)."""
+    """One Mailivery webhook delivery, read leniently (see mailivery-api.md §3 and §6.12).
+
+    ``meta`` (it carries our correlation token) and ``raw`` are left out of the repr.
+    """
 
     type: str
     action: str | None
@@ -498,7 +526,7 @@ class WebhookEvent:
     last_name: str | None = None
     provider_type: str | None = None
     tags: tuple[str, ...] = ()
-    meta: dict[str, str] = field(default_factory=dict, hash=False)
+    meta: dict[str, str] = field(default_factory=dict, hash=False, repr=False)
     raw: Mapping[str, Any] = field(default_factory=dict, hash=False, repr=False)
 
     @property

@@ -93,6 +93,9 @@ class SentWebhook(NamedTuple):
     body: bytes
     result: int | str
 
+    def __repr__(self) -> str:  # the body carries the correlation token: its size only
+        return f"SentWebhook(body=<{len(self.body)} bytes>, result={self.result!r})"
+
     @property
     def ok(self) -> bool:
         """True when the receiver answered 2xx."""

@@ -42,7 +42,7 @@ from mailbox_flow.web import DEFAULT_MAX_BODY_BYTES, create_app
 
 
 def build_flow() -> MailboxFlow:
-    settings = Settings(database_url="sqlite:///typed.db", webhook_secret="s3cret")
+    settings = Settings(database_url="sqlite:///typed.db", webhook_secret="s3cret-of-at-least-32-bytes-0123")
     assert_type(settings.database_url, str)
     assert_type(settings.stuck_after, timedelta)
     client = MailiveryClient(api_key="key", base_url="https://app.mailivery.io/api/v1", timeout=5.0)
