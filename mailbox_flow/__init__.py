@@ -30,7 +30,7 @@ if TYPE_CHECKING:
         WebhookPayloadError,
     )
     from .flow import MailboxFlow
-    from .mailivery import Campaign, MailiveryClient, WebhookEvent
+    from .mailivery import AsyncMailiveryClient, Campaign, MailiveryClient, WebhookEvent
     from .reconcile import Action, Finding, Reason, ReconcileReport
     from .settings import Settings
     from .states import State
@@ -47,7 +47,7 @@ _HOMES = {
         "errors",
     ),
     "MailboxFlow": "flow",
-    **dict.fromkeys(("Campaign", "MailiveryClient", "WebhookEvent"), "mailivery"),
+    **dict.fromkeys(("AsyncMailiveryClient", "Campaign", "MailiveryClient", "WebhookEvent"), "mailivery"),
     **dict.fromkeys(("Action", "Finding", "Reason", "ReconcileReport"), "reconcile"),
     "Settings": "settings",
     "State": "states",
@@ -72,6 +72,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Action",
+    "AsyncMailiveryClient",
     "AuditEntry",
     "Campaign",
     "ConcurrentUpdate",

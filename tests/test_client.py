@@ -1,9 +1,16 @@
-"""`MailiveryClient` over `httpx.MockTransport`: headers, bodies, errors, retries, limits, logs."""
+"""`MailiveryClient` over `httpx.MockTransport`: headers, bodies, errors, retries, limits, logs.
+
+Every test that makes its client with `make_client` runs twice: on `MailiveryClient` and on
+`AsyncMailiveryClient` (driven from the test through `Blocking`, which runs each awaited call on an
+event loop of its own), since both must keep the same contract.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
+import inspect
 import threading
 import types
 import uuid
@@ -33,6 +40,7 @@ from mailbox_flow.errors import (
 from mailbox_flow.mailivery import (
     CORRELATION_META_KEY,
     PATHS,
+    AsyncMailiveryClient,
     Campaign,
     MailiveryClient,
     RateLimiter,
@@ -60,16 +68,69 @@ class Recorder:
             raise answer
         if callable(answer) and not isinstance(answer, httpx.Response):
             return answer(request)
-        return answer
+        # a fresh copy each time: one scripted response may serve both faces' clients
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.read())
 
 
 def _fail_if_called(request: httpx.Request) -> httpx.Response:
     pytest.fail(f"no request expected, got {request.method} {request.url.path}")
 
 
+class Blocking:
+    """An `AsyncMailiveryClient` called like a `MailiveryClient`: each coroutine method runs to its end
+    on this adapter's own event loop; ``close`` awaits ``aclose``."""
+
+    def __init__(self, client: AsyncMailiveryClient) -> None:
+        self._client = client
+        self._runner = asyncio.Runner()
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._client, name)
+        if inspect.iscoroutinefunction(value):
+            return lambda *args, **kwargs: self._runner.run(value(*args, **kwargs))
+        return value
+
+    def __repr__(self) -> str:
+        return repr(self._client)
+
+    def __enter__(self) -> Blocking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._runner.run(self._client.aclose())
+
+    def finish(self) -> None:
+        """Close the client (if the test did not) and the event loop."""
+        if not self._client.closed:
+            self.close()
+        self._runner.close()
+
+
+_FACE: dict[str, str] = {"face": "sync"}
+_OPENED: list[Blocking] = []
+
+
+@pytest.fixture(autouse=True, params=["sync", "async"])
+def face(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which client `make_client` makes: `MailiveryClient` or `AsyncMailiveryClient`."""
+    _FACE["face"] = request.param
+    yield request.param
+    while _OPENED:
+        _OPENED.pop().finish()
+    _FACE["face"] = "sync"
+
+
 def make_client(handler: Handler, **kwargs: Any) -> MailiveryClient:
     kwargs.setdefault("rate_per_second", 0)
-    return MailiveryClient(API_KEY, BASE, transport=httpx.MockTransport(handler), **kwargs)
+    transport = httpx.MockTransport(handler)
+    if _FACE["face"] == "async":
+        blocking = Blocking(AsyncMailiveryClient(API_KEY, BASE, transport=transport, **kwargs))
+        _OPENED.append(blocking)
+        return blocking  # type: ignore[return-value]  # the same methods, run to their end
+    return MailiveryClient(API_KEY, BASE, transport=transport, **kwargs)
 
 
 def ok(payload: Any = None, status: int = 200) -> httpx.Response:
@@ -108,7 +169,16 @@ def form_fields(request: httpx.Request) -> dict[str, str]:
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     """Real stamina backoff (testing mode off) with tenacity's sleep recorded instead of slept."""
     recorded: list[float] = []
+    real_sleep, test_thread = asyncio.sleep, threading.get_ident()
+
+    async def record(delay: float, result: Any = None) -> Any:  # what the async face's waits await
+        if threading.get_ident() != test_thread:  # another thread's event loop (a test server's)
+            return await real_sleep(delay, result)
+        recorded.append(delay)
+        return result
+
     monkeypatch.setattr(tenacity.nap, "time", types.SimpleNamespace(sleep=recorded.append))
+    monkeypatch.setattr(asyncio, "sleep", record)
     was_active = stamina.is_active()
     stamina.set_active(True)
     with stamina.set_testing(False):
@@ -163,6 +233,7 @@ class TestConstruction:
         """The certificate bundle is loaded once per process, not once per client."""
         import ssl
 
+        from mailbox_flow.mailivery import _base as client_base
         from mailbox_flow.mailivery import client as client_module
 
         loads: list[Any] = []
@@ -175,7 +246,7 @@ class TestConstruction:
         monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting_load)
         monkeypatch.delenv("SSL_CERT_FILE", raising=False)
         monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-        client_module._tls_context.cache_clear()
+        client_base._tls_context.cache_clear()
         for _ in range(3):
             MailiveryClient(API_KEY, BASE).close()
         assert len(loads) == 1
@@ -741,6 +812,9 @@ class FakeClock:
         with self._lock:
             self.sleeps.append(seconds)
 
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
 
 class TestRateLimiter:
     def test_spacing(self) -> None:
@@ -786,7 +860,7 @@ class TestRateLimiter:
     def test_client_acquires_once_per_attempt(self, sleeps: list[float]) -> None:
         """Each HTTP attempt (retries included) takes a limiter slot."""
         clock = FakeClock()
-        limiter = RateLimiter(4.0, clock=clock, sleep=clock.sleep)
+        limiter = RateLimiter(4.0, clock=clock, sleep=clock.sleep, asleep=clock.asleep)
         rec = Recorder(error(500), ok([]))
         make_client(rec, rate_limiter=limiter).list_campaigns()
         make_client(rec, rate_limiter=limiter).list_campaigns()

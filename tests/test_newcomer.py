@@ -181,7 +181,7 @@ def test_test_extra_installs_what_the_suite_imports() -> None:
     for a missing package after the README's test command."""
     closure = _test_extra_closure()
     by_module = metadata.packages_distributions()
-    local = {"mailbox_flow", "tests", "__future__"}
+    local = {"mailbox_flow", "tests", "tools", "__future__"}  # the repository's own packages
     modules: dict[str, str] = {}
     for path in _suite_files():
         local.update(p.stem for p in path.parent.iterdir() if p.suffix == ".py" or p.is_dir())

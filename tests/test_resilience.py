@@ -57,12 +57,8 @@ from mailbox_flow.errors import (
     MailiveryServerError,
     MailiveryTransportError,
 )
-from mailbox_flow.mailivery.client import (
-    RateLimiter,
-    _forget_shared_rate_limiters,
-    call_deadline,
-    shared_rate_limiter,
-)
+from mailbox_flow.mailivery._base import _forget_shared_rate_limiters
+from mailbox_flow.mailivery.client import RateLimiter, call_deadline, shared_rate_limiter
 from mailbox_flow.models import utcnow
 from mailbox_flow.simulator.state import Faults
 

@@ -64,7 +64,8 @@ def test_bad_orphan_policy_is_refused(tmp_path) -> None:
 def test_public_names_are_pinned() -> None:
     """mailbox_flow.__all__ is the public API; changing it is a deliberate act."""
     assert sorted(mailbox_flow.__all__) == sorted([
-        "Action", "AuditEntry", "Campaign", "ConcurrentUpdate", "ConfigurationError", "Delivery",
+        "Action", "AsyncMailiveryClient", "AuditEntry", "Campaign", "ConcurrentUpdate", "ConfigurationError",
+        "Delivery",
         "DuplicateMailbox", "Finding", "InvalidInput", "InvalidTransition", "MailboxFlow",
         "MailboxFlowError", "MailboxNotFound", "Mailbox", "MailiveryClient", "MailiveryError",
         "Outcome", "Reason", "ReconcileReport", "Settings", "Source", "State", "StorageError",

@@ -5,7 +5,7 @@ Knows nothing of the store or the state machine (see design.md §7).
 
 from __future__ import annotations
 
-from .client import PATHS, MailiveryClient, RateLimiter, parse_retry_after
+from .client import PATHS, AsyncMailiveryClient, MailiveryClient, RateLimiter, parse_retry_after
 from .schemas import (
     CORRELATION_META_KEY,
     DEFAULT_BASE_URL,
@@ -24,6 +24,7 @@ __all__ = [
     "CORRELATION_META_KEY",
     "DEFAULT_BASE_URL",
     "PATHS",
+    "AsyncMailiveryClient",
     "Campaign",
     "ConnectResult",
     "MailiveryClient",

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 import mailbox_flow
 from mailbox_flow import (
+    AsyncMailiveryClient,
     AuditEntry,
     ConcurrentUpdate,
     Delivery,
@@ -38,6 +39,7 @@ from mailbox_flow import (
     migrate,
 )
 from mailbox_flow.errors import MailiveryRateLimited, MailiveryUnavailable
+from mailbox_flow.mailivery import Campaign, ConnectResult
 from mailbox_flow.web import DEFAULT_MAX_BODY_BYTES, create_app
 
 
@@ -137,3 +139,13 @@ def edges(flow: MailboxFlow) -> Starlette:
     assert_type(mailbox_flow.__version__, str)
     create_app(flow, background_workers=4, max_queued=500, drain_seconds=5.0, sweep_seconds=30.0)
     return create_app(flow, max_body_bytes=DEFAULT_MAX_BODY_BYTES)
+
+
+async def awaited_client() -> list[Campaign]:
+    async with AsyncMailiveryClient(api_key="key", rate_per_second=4.0) as client:
+        assert_type(await client.connect_microsoft(first_name="Ada", email="ada@contoso.com"),
+                    ConnectResult)
+        assert_type(await client.get_campaign(42), Campaign)
+        assert_type(await client.start_warmup(42, request_id="rid"), dict[str, Any])
+        assert_type(client.closed, bool)
+        return await client.list_campaigns()
