@@ -43,24 +43,22 @@ if TYPE_CHECKING:
 
 __all__ = ["app", "main", "parse_duration"]
 
-class _Command(typer.core.TyperCommand):
-    """A command whose ``--help`` shows no ``<bool>`` label (flags take no value)."""
+class _PlainHelp:
+    """``--help`` without a ``<bool>`` label (flags take no value): mixed into commands and groups."""
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         if option is not None:
             option.metavar = ""
         return option
 
 
-class _Group(typer.core.TyperGroup):
-    """A command group whose ``--help`` shows no ``<bool>`` label."""
+class _Command(_PlainHelp, typer.core.TyperCommand):
+    pass
 
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
+
+class _Group(_PlainHelp, typer.core.TyperGroup):
+    pass
 
 
 app = typer.Typer(

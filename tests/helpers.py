@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
+import structlog
+from rich.console import Console
 
 from mailbox_flow import MailboxFlow
 
@@ -40,3 +47,28 @@ def consent(sim: Any, mailbox: Any) -> bytes:
     """Accept the mailbox's OAuth consent at the simulator; return the webhook it sent."""
     sim.accept(mailbox.oauth_url)
     return last_webhook(sim)
+
+
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_url: str, width: int) -> Iterator[None]:
+    """For a CLI test: its own directory, settings from the environment only (the simulator, this
+    suite's key and secret, no throttling), consoles ``width`` columns wide; structlog's set-up put
+    back afterwards. Used as ``yield from cli_env(...)`` in an autouse fixture."""
+    from mailbox_flow import cli
+
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("MAILBOX_FLOW_"):
+            monkeypatch.delenv(key)
+    for key, value in {
+        "MAILBOX_FLOW_MAILIVERY_API_KEY": API_KEY,
+        "MAILBOX_FLOW_MAILIVERY_BASE_URL": api_url,
+        "MAILBOX_FLOW_RATE_PER_SECOND": "0",
+        "MAILBOX_FLOW_WEBHOOK_SECRET": SECRET,
+        "MAILBOX_FLOW_LOG_LEVEL": "WARNING",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(cli, "console", Console(width=width))
+    monkeypatch.setattr(cli, "err_console", Console(stderr=True, width=width))
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 import typer
 from rich.console import Console
 from typer.testing import CliRunner, Result
@@ -22,7 +21,7 @@ from mailbox_flow import MailboxFlow, State, cli
 from mailbox_flow.models import utcnow
 from mailbox_flow.states import TRANSITIONS
 
-from .helpers import API_KEY, SECRET, consent
+from .helpers import SECRET, cli_env, consent
 
 runner = CliRunner()
 
@@ -34,23 +33,7 @@ REPORT_KEYS = ["schema", "started_at", "finished_at", "duration_seconds", "stuck
 @pytest.fixture(autouse=True)
 def _cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_url: str) -> Iterator[None]:
     """Each test in its own directory, with settings from the environment only, wide consoles."""
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith("MAILBOX_FLOW_"):
-            monkeypatch.delenv(key)
-    for key, value in {
-        "MAILBOX_FLOW_MAILIVERY_API_KEY": API_KEY,
-        "MAILBOX_FLOW_MAILIVERY_BASE_URL": api_url,
-        "MAILBOX_FLOW_RATE_PER_SECOND": "0",
-        "MAILBOX_FLOW_WEBHOOK_SECRET": SECRET,
-        "MAILBOX_FLOW_LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(cli, "console", Console(width=200))
-    monkeypatch.setattr(cli, "err_console", Console(stderr=True, width=200))
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
+    yield from cli_env(tmp_path, monkeypatch, api_url, width=200)
 
 
 def run(*args: str) -> Result:

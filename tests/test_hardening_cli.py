@@ -3,21 +3,18 @@ syntax, case-insensitive states, --version, and warnings about insecure configur
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from mailbox_flow import MailboxFlow, Settings, State, __version__, cli
 from mailbox_flow.models import utcnow
 
-from .helpers import API_KEY, SECRET
+from .helpers import SECRET, cli_env
 
 runner = CliRunner()
 
@@ -25,23 +22,7 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def _cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api_url: str) -> Iterator[None]:
     """Each test in its own directory, settings from the environment only, an 80-column terminal."""
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith("MAILBOX_FLOW_"):
-            monkeypatch.delenv(key)
-    for key, value in {
-        "MAILBOX_FLOW_MAILIVERY_API_KEY": API_KEY,
-        "MAILBOX_FLOW_MAILIVERY_BASE_URL": api_url,
-        "MAILBOX_FLOW_RATE_PER_SECOND": "0",
-        "MAILBOX_FLOW_WEBHOOK_SECRET": SECRET,
-        "MAILBOX_FLOW_LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(cli, "console", Console(width=80))
-    monkeypatch.setattr(cli, "err_console", Console(stderr=True, width=80))
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
+    yield from cli_env(tmp_path, monkeypatch, api_url, width=80)
 
 
 def run(*args: str) -> Result:
