@@ -34,14 +34,17 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
 from mailbox_flow import MailboxFlow, MailiveryClient, Settings, State
 from mailbox_flow.audit import configure_logging
-from mailbox_flow.loadtest import LoadResult, prepare_deliveries, send_concurrently
 from mailbox_flow.simulator import Simulator, SimulatorServer
 from mailbox_flow.testing import postgres_schema
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository's tools/
+from tools.loadtest import LoadResult, prepare_deliveries, send_concurrently  # noqa: E402
 
 PG = os.environ.get("MAILBOX_FLOW_TEST_POSTGRES_URL",
                     "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -13,9 +13,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mailbox_flow._resilience import Figures, quiet_logs
 from mailbox_flow.simulator import Simulator, SimulatorServer
 from mailbox_flow.testing import postgres_schema as fresh_schema
+from tools.resilience import Figures, quiet_logs
 
 PG_URL = os.environ.get(
     "MAILBOX_FLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

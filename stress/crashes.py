@@ -15,7 +15,7 @@ from pathlib import Path
 
 from _common import API_KEY, SECRET, parser, postgres_schema, report, setup_logging, simulator
 
-from mailbox_flow._resilience import run_crashes
+from tools.resilience import run_crashes
 
 
 def main() -> int:

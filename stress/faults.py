@@ -12,7 +12,7 @@ import sys
 
 from _common import API_KEY, SECRET, parser, postgres_schema, report, setup_logging, simulator
 
-from mailbox_flow._resilience import run_faults
+from tools.resilience import run_faults
 
 
 def main() -> int:

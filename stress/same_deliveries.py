@@ -11,7 +11,7 @@ import sys
 
 from _common import API_KEY, SECRET, parser, postgres_schema, report, setup_logging, simulator
 
-from mailbox_flow._resilience import run_same_deliveries
+from tools.resilience import run_same_deliveries
 
 
 def main() -> int:

@@ -14,7 +14,7 @@ Which code blocks run (README.md and every page under docs/):
 - Blocks in other languages (bash, text, mermaid, ...) never run.
 
 Generated pages (the configuration and CLI references, the API page, the state diagram and table in
-docs/concepts.md, docs/assets/states.svg) come from ``python -m mailbox_flow._docgen``; a stale one
+docs/concepts.md, docs/assets/states.svg) come from ``python -m tools.docgen``; a stale one
 fails `test_generated_pages_are_fresh`, which names the command that refreshes it.
 """
 
@@ -29,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from mailbox_flow import Outcome, State, _docgen, diagram
+from mailbox_flow import Outcome, State, diagram
 from mailbox_flow.states import TRANSITIONS
+from tools import docgen as _docgen
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

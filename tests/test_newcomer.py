@@ -17,8 +17,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from mailbox_flow import MailboxFlow, State, _docgen
+from mailbox_flow import MailboxFlow, State
 from mailbox_flow.store import database_url_of
+from tools import docgen as _docgen
 
 from .helpers import SECRET
 from .test_docs import DOCS, ROOT, blocks, pages

@@ -42,13 +42,6 @@ from mailbox_flow import (
     WebhookAuthError,
 )
 from mailbox_flow._hashing import email_hash
-from mailbox_flow._resilience import (
-    check_exactly_once,
-    run_crashes,
-    run_faults,
-    run_same_deliveries,
-    warmup_calls,
-)
 from mailbox_flow.audit import configure_logging
 from mailbox_flow.errors import (
     ConfigurationError,
@@ -61,6 +54,13 @@ from mailbox_flow.mailivery._base import _forget_shared_rate_limiters
 from mailbox_flow.mailivery.client import RateLimiter, call_deadline, shared_rate_limiter
 from mailbox_flow.models import utcnow
 from mailbox_flow.simulator.state import Faults
+from tools.resilience import (
+    check_exactly_once,
+    run_crashes,
+    run_faults,
+    run_same_deliveries,
+    warmup_calls,
+)
 
 from .helpers import API_KEY, SECRET, consent
 

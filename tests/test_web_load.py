@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from mailbox_flow import MailboxFlow, MailiveryClient, State
-from mailbox_flow.loadtest import prepare_deliveries, send_concurrently
 from mailbox_flow.simulator import serve_in_thread
 from mailbox_flow.web import create_app
+from tools.loadtest import prepare_deliveries, send_concurrently
 
 from .helpers import API_KEY, SECRET
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from .flow import MailboxFlow
-from .mailivery.client import shared_tls_context
-from .types import Mailbox
+from mailbox_flow.flow import MailboxFlow
+from mailbox_flow.mailivery.client import shared_tls_context
+from mailbox_flow.types import Mailbox
 
 __all__ = ["LoadResult", "prepare_deliveries", "send_concurrently"]
 

@@ -1,4 +1,4 @@
-"""Generators for the documentation that is derived from the code: ``python -m mailbox_flow._docgen``.
+"""Generators for the documentation that is derived from the code: ``python -m tools.docgen``.
 
 Whole files (written from scratch):
 
@@ -17,7 +17,7 @@ Regions inside hand-written pages, between ``<!-- generated:NAME ... -->`` and
 - ``docs/concepts.md``: ``states-mermaid`` (`mailbox_flow.diagram.mermaid`) and ``states-table``
   (the transition table).
 
-``python -m mailbox_flow._docgen`` rewrites what is stale; ``--check`` only lists it (exit status 1).
+``python -m tools.docgen`` rewrites what is stale; ``--check`` only lists it (exit status 1).
 ``tests/test_docs.py`` runs the same check, so a stale page fails the test suite.
 """
 
@@ -37,7 +37,7 @@ from typing import Any
 __all__ = ["COMMAND", "Target", "generate", "main", "render", "stale", "targets"]
 
 #: The command that refreshes every generated page (quoted in failure messages).
-COMMAND = "python -m mailbox_flow._docgen"
+COMMAND = "python -m tools.docgen"
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,14 +66,14 @@ class Target:
 
 def states_mermaid() -> str:
     """The Mermaid block for the concepts page."""
-    from . import diagram
+    from mailbox_flow import diagram
 
     return f"```mermaid\n{diagram.mermaid()}```\n"
 
 
 def states_table() -> str:
     """The transition table as Markdown, one row per transition of the machine."""
-    from . import diagram
+    from mailbox_flow import diagram
 
     rows = [
         "| trigger | from | to | Mailivery call | skipped when Mailivery reported the change |",
@@ -174,7 +174,7 @@ def _cell(text: str) -> str:
 
 def configuration_page() -> str:
     """The configuration reference, from `Settings`."""
-    from .settings import Settings
+    from mailbox_flow.settings import Settings
 
     prefix = str(Settings.model_config.get("env_prefix", ""))
     lines = [
@@ -310,7 +310,7 @@ def cli_page() -> str:
     """The CLI reference, from the Typer app as it is when this runs."""
     import typer.main
 
-    from .cli import app
+    from mailbox_flow.cli import app
 
     root = typer.main.get_command(app)
     program = root.name or "mailbox-flow"
@@ -417,13 +417,13 @@ def api_page() -> str:
 
 
 def _svg(_current: str | None) -> str:
-    from . import diagram
+    from mailbox_flow import diagram
 
     return diagram.svg()
 
 
 def _svg_fresh(current: str | None) -> bool:
-    from . import diagram
+    from mailbox_flow import diagram
 
     return current is not None and f"{diagram.DIGEST_MARK}{diagram.source_digest()} " in current
 

@@ -38,12 +38,12 @@ from typing import Any
 
 import structlog
 
-from .errors import ConcurrentUpdate, MailboxFlowError, MailiveryError
-from .flow import MailboxFlow
-from .mailivery import MailiveryClient
-from .simulator.state import Faults, InjectedFailure, Simulator
-from .states import State
-from .types import Mailbox
+from mailbox_flow.errors import ConcurrentUpdate, MailboxFlowError, MailiveryError
+from mailbox_flow.flow import MailboxFlow
+from mailbox_flow.mailivery import MailiveryClient
+from mailbox_flow.simulator.state import Faults, InjectedFailure, Simulator
+from mailbox_flow.states import State
+from mailbox_flow.types import Mailbox
 
 __all__ = [
     "ChaosFaults",
@@ -487,7 +487,7 @@ def _read_acks(path: Path) -> set[int]:
 def _lease_owner(flow: MailboxFlow, mailbox: Mailbox) -> str | None:
     import sqlalchemy as sa
 
-    from .store import MAILBOX
+    from mailbox_flow.store import MAILBOX
 
     with flow.store.engine.connect() as conn:
         owner = conn.execute(
